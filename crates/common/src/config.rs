@@ -1,0 +1,625 @@
+//! Layered, validated configuration with secrets that never print, and hot reload.
+//!
+//! Precedence, lowest first (DESIGN.md):
+//! 1. the service's `Default`,
+//! 2. a TOML file: `--config PATH` or `CONFIG_FILE`,
+//! 3. the environment: the standard variables of DESIGN.md (`NATS_URL`,
+//!    `AMQP_URL`, …), each mapped by the service to a key, plus any key as
+//!    `SWITCHYARD__SECTION__KEY` (double underscores separate sections).
+//!
+//! The merged value is deserialized (unknown keys in the file are errors
+//! when the service's struct says `deny_unknown_fields`) and then checked by
+//! [`Validate`]; every error names the key and the bad value.
+//!
+//! URLs with credentials are [`SecretUrl`]s: their `Debug` and `Display`
+//! print `amqp://guest:***@host`, so a config can be logged whole.
+//!
+//! [`watch_file`] follows the file's directory (so the symlink swap of a
+//! Kubernetes ConfigMap update is seen), reloads and validates, and hands
+//! changed values to the running service; an invalid edit is logged and the
+//! old values stay.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use notify::{RecursiveMode, Watcher};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Environment prefix for keys without a standard variable:
+/// `SWITCHYARD__OPS__ADDR=0.0.0.0:9102` sets `ops.addr`.
+pub const ENV_PREFIX: &str = "SWITCHYARD";
+
+/// The variable naming the config file when `--config` is not given.
+pub const CONFIG_FILE_VAR: &str = "CONFIG_FILE";
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value is present but not acceptable.
+    #[error("invalid config: {key} = {value:?}: {reason}")]
+    Invalid {
+        /// Dotted key, e.g. `rules.temperature.critical`.
+        key: String,
+        /// The offending value, redacted when it is a secret.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The config file named by `--config` or `CONFIG_FILE` does not exist.
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+    /// The sources could not be merged or deserialized (bad TOML, wrong type,
+    /// unknown key); config-rs names the key.
+    #[error("cannot load config: {0}")]
+    Load(String),
+    /// The config file cannot be watched.
+    #[error("cannot watch {path}: {reason}")]
+    Watch {
+        /// The watched path.
+        path: PathBuf,
+        /// The watcher's error.
+        reason: String,
+    },
+}
+
+impl From<config::ConfigError> for ConfigError {
+    fn from(error: config::ConfigError) -> Self {
+        ConfigError::Load(error.to_string())
+    }
+}
+
+impl ConfigError {
+    /// Shorthand for [`ConfigError::Invalid`].
+    pub fn invalid(
+        key: impl Into<String>,
+        value: impl fmt::Display,
+        reason: impl Into<String>,
+    ) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            value: value.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A check run on a freshly loaded config, before the service uses it.
+pub trait Validate {
+    /// `Err` naming the first bad key and value.
+    fn validate(&self) -> Result<(), ConfigError>;
+}
+
+/// Where a service's configuration comes from.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    /// The TOML file, if any.
+    pub file: Option<PathBuf>,
+    /// Standard variables and the keys they set, e.g. `("NATS_URL", "nats_url")`.
+    pub env_keys: Vec<(&'static str, &'static str)>,
+    /// The environment; `None` reads the process environment. Tests pass a map.
+    pub env: Option<HashMap<String, String>>,
+}
+
+impl ConfigSource {
+    /// Reads from the process environment; the file is `cli_file`, else `CONFIG_FILE`.
+    pub fn new(cli_file: Option<PathBuf>, env_keys: &[(&'static str, &'static str)]) -> Self {
+        let file = cli_file.or_else(|| {
+            std::env::var_os(CONFIG_FILE_VAR)
+                .filter(|value| !value.is_empty())
+                .map(PathBuf::from)
+        });
+        ConfigSource {
+            file,
+            env_keys: env_keys.to_vec(),
+            env: None,
+        }
+    }
+
+    /// Loads, merges, deserializes and validates.
+    pub fn load<T>(&self) -> Result<T, ConfigError>
+    where
+        T: Default + Serialize + DeserializeOwned + Validate,
+    {
+        let env = match &self.env {
+            Some(env) => env.clone(),
+            None => std::env::vars().collect(),
+        };
+        let mut builder =
+            config::Config::builder().add_source(config::Config::try_from(&T::default())?);
+        if let Some(file) = &self.file {
+            if !file.exists() {
+                return Err(ConfigError::MissingFile(file.clone()));
+            }
+            builder = builder
+                .add_source(config::File::from(file.as_path()).format(config::FileFormat::Toml));
+        }
+        // Only variables with the prefix are offered to config-rs: PATH, HOME
+        // and the like must not become keys.
+        let prefixed: config::Map<String, String> = env
+            .iter()
+            .filter(|(name, _)| name.starts_with(&format!("{ENV_PREFIX}__")))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(prefixed)),
+        );
+        for (variable, key) in &self.env_keys {
+            if let Some(value) = env.get(*variable).filter(|value| !value.is_empty()) {
+                builder = builder.set_override(*key, value.as_str())?;
+            }
+        }
+        let value: T = builder.build()?.try_deserialize()?;
+        value.validate()?;
+        Ok(value)
+    }
+}
+
+/// A URL that may hold a password. Prints with the password replaced by `***`.
+#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    /// Wraps a URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        SecretUrl(url.into())
+    }
+
+    /// The real URL, to connect with. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The scheme (`nats`, `amqp`, `postgres`, …), lowercase; empty when absent.
+    pub fn scheme(&self) -> String {
+        self.0
+            .split_once("://")
+            .map(|(scheme, _)| scheme.to_ascii_lowercase())
+            .unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", redact_url(&self.0))
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
+impl From<&str> for SecretUrl {
+    fn from(url: &str) -> Self {
+        SecretUrl::new(url)
+    }
+}
+
+/// Replaces the password of `scheme://user:password@host/...` with `***`.
+/// Works on comma-separated lists of URLs (NATS server lists) too.
+pub fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|one| {
+            let (scheme, rest) = match one.split_once("://") {
+                Some((scheme, rest)) => (Some(scheme), rest),
+                None => (None, one),
+            };
+            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(authority_end);
+            let redacted_authority = match authority.rsplit_once('@') {
+                Some((userinfo, host)) => match userinfo.split_once(':') {
+                    Some((user, _password)) => format!("{user}:***@{host}"),
+                    // A bare token (nats://token@host) is a secret too.
+                    None if scheme.is_some_and(|s| s.starts_with("nats")) => format!("***@{host}"),
+                    None => authority.to_string(),
+                },
+                None => authority.to_string(),
+            };
+            match scheme {
+                Some(scheme) => format!("{scheme}://{redacted_authority}{path}"),
+                None => format!("{redacted_authority}{path}"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Serde for a [`Duration`] written as integer milliseconds (`timeout_ms = 250`).
+pub mod duration_ms {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes whole milliseconds.
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(value.as_millis() as u64)
+    }
+
+    /// Reads whole milliseconds.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        u64::deserialize(deserializer).map(Duration::from_millis)
+    }
+}
+
+/// Serde for an optional [`Duration`] in milliseconds; absent means `None`.
+pub mod opt_duration_ms {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes whole milliseconds, or nothing.
+    pub fn serialize<S: Serializer>(
+        value: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(value) => serializer.serialize_some(&(value.as_millis() as u64)),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    /// Reads whole milliseconds, or nothing.
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Option::<u64>::deserialize(deserializer).map(|ms| ms.map(Duration::from_millis))
+    }
+}
+
+/// How long the watcher waits for a burst of file events to settle: editors
+/// and ConfigMap updates write in several steps.
+const RELOAD_DEBOUNCE: Duration = Duration::from_millis(250);
+
+/// Follows `path` and sends each new valid value, different from the last,
+/// on the returned channel (which starts with `initial`).
+///
+/// `reload` is called after changes in the file's directory; when it fails
+/// the error is logged, `config_reloads_total{outcome="rejected"}` counts it,
+/// and the receiver keeps the previous value. The watcher stops with `stop`.
+pub fn watch_file<T, F>(
+    path: &Path,
+    initial: T,
+    reload: F,
+    stop: CancellationToken,
+) -> Result<watch::Receiver<T>, ConfigError>
+where
+    T: PartialEq + Send + Sync + 'static,
+    F: Fn() -> Result<T, ConfigError> + Send + 'static,
+{
+    let watch_error = |error: notify::Error| ConfigError::Watch {
+        path: path.to_path_buf(),
+        reason: error.to_string(),
+    };
+    // Watch the directory, not the file: a ConfigMap update swaps a `..data`
+    // symlink and an editor may replace the file, both invisible to a watch
+    // on the old inode.
+    let dir = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let (event_tx, mut event_rx) = mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|event| !event.kind.is_access()) {
+            let _ = event_tx.send(());
+        }
+    })
+    .map_err(watch_error)?;
+    watcher
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .map_err(watch_error)?;
+
+    let (value_tx, value_rx) = watch::channel(initial);
+    let path = path.to_path_buf();
+    tokio::spawn(async move {
+        // Owned by the task: dropping the watcher stops the events.
+        let _watcher = watcher;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                event = event_rx.recv() => if event.is_none() { return },
+            }
+            tokio::time::sleep(RELOAD_DEBOUNCE).await;
+            while event_rx.try_recv().is_ok() {}
+            match reload() {
+                Ok(value) => {
+                    let changed = value_tx.send_if_modified(|current| {
+                        if *current == value {
+                            return false;
+                        }
+                        *current = value;
+                        true
+                    });
+                    if changed {
+                        metrics::counter!("config_reloads_total", "outcome" => "applied")
+                            .increment(1);
+                        tracing::info!(path = %path.display(), "config reloaded");
+                    }
+                }
+                Err(error) => {
+                    metrics::counter!("config_reloads_total", "outcome" => "rejected").increment(1);
+                    tracing::error!(path = %path.display(), %error, "config reload rejected, keeping the previous values");
+                }
+            }
+        }
+    });
+    Ok(value_rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    struct Example {
+        nats_url: SecretUrl,
+        amqp_url: SecretUrl,
+        workers: u32,
+        #[serde(with = "duration_ms")]
+        timeout_ms: Duration,
+        limits: Limits,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    struct Limits {
+        warning: f64,
+        critical: f64,
+    }
+
+    impl Default for Example {
+        fn default() -> Self {
+            Example {
+                nats_url: "nats://127.0.0.1:4222".into(),
+                amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+                workers: 4,
+                timeout_ms: Duration::from_millis(500),
+                limits: Limits::default(),
+            }
+        }
+    }
+
+    impl Default for Limits {
+        fn default() -> Self {
+            Limits {
+                warning: 30.0,
+                critical: 40.0,
+            }
+        }
+    }
+
+    impl Validate for Example {
+        fn validate(&self) -> Result<(), ConfigError> {
+            if self.workers == 0 {
+                return Err(ConfigError::invalid(
+                    "workers",
+                    self.workers,
+                    "must be at least 1",
+                ));
+            }
+            if self.limits.critical <= self.limits.warning {
+                return Err(ConfigError::invalid(
+                    "limits.critical",
+                    self.limits.critical,
+                    "must be above limits.warning",
+                ));
+            }
+            Ok(())
+        }
+    }
+
+    const ENV_KEYS: &[(&str, &str)] = &[("NATS_URL", "nats_url"), ("AMQP_URL", "amqp_url")];
+
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "switchyard-config-{}",
+                uuid::Uuid::new_v4().simple()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn source(file: Option<PathBuf>, env: &[(&str, &str)]) -> ConfigSource {
+        ConfigSource {
+            file,
+            env_keys: ENV_KEYS.to_vec(),
+            env: Some(
+                env.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+        }
+    }
+
+    #[test]
+    fn defaults_then_file_then_environment() {
+        let dir = TempDir::new();
+        let file = dir.0.join("service.toml");
+        std::fs::write(
+            &file,
+            "workers = 8\nnats_url = \"nats://file:4222\"\n[limits]\nwarning = 25.0\n",
+        )
+        .unwrap();
+
+        let only_defaults: Example = source(None, &[]).load().unwrap();
+        assert_eq!(only_defaults, Example::default());
+
+        let with_file: Example = source(Some(file.clone()), &[]).load().unwrap();
+        assert_eq!(with_file.workers, 8);
+        assert_eq!(with_file.nats_url.expose(), "nats://file:4222");
+        assert_eq!(with_file.limits.warning, 25.0);
+        assert_eq!(
+            with_file.limits.critical, 40.0,
+            "untouched keys keep their defaults"
+        );
+
+        let with_env: Example = source(
+            Some(file),
+            &[
+                ("NATS_URL", "nats://env:4222"),
+                ("SWITCHYARD__WORKERS", "16"),
+                ("SWITCHYARD__LIMITS__CRITICAL", "45.5"),
+                ("PATH", "/usr/bin"),
+            ],
+        )
+        .load()
+        .unwrap();
+        assert_eq!(with_env.nats_url.expose(), "nats://env:4222");
+        assert_eq!(with_env.workers, 16);
+        assert_eq!(with_env.limits.critical, 45.5);
+    }
+
+    #[test]
+    fn validation_errors_name_the_key_and_value() {
+        let err = source(None, &[("SWITCHYARD__LIMITS__CRITICAL", "10")])
+            .load::<Example>()
+            .unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("limits.critical"), "{message}");
+        assert!(message.contains("10"), "{message}");
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_key() {
+        let err = source(None, &[("SWITCHYARD__WORKERS", "many")])
+            .load::<Example>()
+            .unwrap_err();
+        assert!(err.to_string().contains("workers"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_rejected() {
+        let dir = TempDir::new();
+        let file = dir.0.join("typo.toml");
+        std::fs::write(&file, "wokers = 3\n").unwrap();
+        let err = source(Some(file), &[]).load::<Example>().unwrap_err();
+        assert!(err.to_string().contains("wokers"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error() {
+        let err = source(Some(PathBuf::from("/nonexistent/switchyard.toml")), &[])
+            .load::<Example>()
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::MissingFile(_)));
+    }
+
+    #[test]
+    fn passwords_never_print() {
+        let config = Example::default();
+        for text in [format!("{config:?}"), config.amqp_url.to_string()] {
+            assert!(!text.contains("guest:guest"), "{text}");
+            assert!(text.contains("guest:***@127.0.0.1:5672"), "{text}");
+        }
+        assert_eq!(
+            config.amqp_url.expose(),
+            "amqp://guest:guest@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/users?sslmode=disable"),
+            "postgres://app:***@db:5432/users?sslmode=disable"
+        );
+        assert_eq!(
+            redact_url("nats://tok3n@a:4222,nats://b:4222"),
+            "nats://***@a:4222,nats://b:4222"
+        );
+        assert_eq!(
+            redact_url("http://127.0.0.1:50051"),
+            "http://127.0.0.1:50051"
+        );
+        assert_eq!(SecretUrl::new("postgres://x").scheme(), "postgres");
+    }
+
+    async fn next_value<T: Clone>(rx: &mut watch::Receiver<T>) -> T {
+        tokio::time::timeout(Duration::from_secs(10), rx.changed())
+            .await
+            .expect("a reload within 10s")
+            .unwrap();
+        rx.borrow_and_update().clone()
+    }
+
+    #[tokio::test]
+    async fn the_watcher_applies_valid_edits_and_keeps_the_old_values_on_bad_ones() {
+        let dir = TempDir::new();
+        let file = dir.0.join("rules.toml");
+        std::fs::write(&file, "[limits]\nwarning = 30.0\ncritical = 40.0\n").unwrap();
+        let load = source(Some(file.clone()), &[]);
+        let initial: Example = load.load().unwrap();
+        let stop = CancellationToken::new();
+        let mut rx =
+            watch_file(&file, initial, move || load.load::<Example>(), stop.clone()).unwrap();
+
+        std::fs::write(&file, "[limits]\nwarning = 31.0\ncritical = 41.0\n").unwrap();
+        assert_eq!(next_value(&mut rx).await.limits.critical, 41.0);
+
+        // Invalid (critical below warning), then unparsable: both rejected.
+        std::fs::write(&file, "[limits]\nwarning = 50.0\ncritical = 41.0\n").unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        std::fs::write(&file, "[limits\nwarning = ").unwrap();
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(
+            !rx.has_changed().unwrap(),
+            "a bad edit must not reach the service"
+        );
+        assert_eq!(rx.borrow().limits.critical, 41.0);
+
+        std::fs::write(&file, "[limits]\nwarning = 32.0\ncritical = 42.0\n").unwrap();
+        assert_eq!(next_value(&mut rx).await.limits.critical, 42.0);
+        stop.cancel();
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_watcher_sees_a_configmap_style_symlink_swap() {
+        use std::os::unix::fs::symlink;
+        // Kubernetes mounts a ConfigMap as `rules.toml -> ..data/rules.toml`
+        // and `..data -> ..<timestamp>`; an update swaps `..data` atomically.
+        let dir = TempDir::new();
+        let v1 = dir.0.join("..2026_01_01");
+        std::fs::create_dir(&v1).unwrap();
+        std::fs::write(v1.join("rules.toml"), "workers = 2\n").unwrap();
+        symlink("..2026_01_01", dir.0.join("..data")).unwrap();
+        symlink("..data/rules.toml", dir.0.join("rules.toml")).unwrap();
+        let file = dir.0.join("rules.toml");
+
+        let load = source(Some(file.clone()), &[]);
+        let initial: Example = load.load().unwrap();
+        assert_eq!(initial.workers, 2);
+        let stop = CancellationToken::new();
+        let mut rx =
+            watch_file(&file, initial, move || load.load::<Example>(), stop.clone()).unwrap();
+
+        let v2 = dir.0.join("..2026_01_02");
+        std::fs::create_dir(&v2).unwrap();
+        std::fs::write(v2.join("rules.toml"), "workers = 3\n").unwrap();
+        symlink("..2026_01_02", dir.0.join("..data_tmp")).unwrap();
+        std::fs::rename(dir.0.join("..data_tmp"), dir.0.join("..data")).unwrap();
+        std::fs::remove_dir_all(&v1).unwrap();
+
+        assert_eq!(next_value(&mut rx).await.workers, 3);
+        stop.cancel();
+    }
+}

@@ -1,0 +1,27 @@
+//! Shared ground for every switchyard service.
+//!
+//! One module per concern, each usable on its own:
+//!
+//! - [`proto`]: the generated `sensor.v1`, `user.v1` and `task.v1` types.
+//! - [`codec`]: JSON and Protobuf behind one abstraction, chosen by `Content-Type`.
+//! - [`task`]: the work-queue [`task::Task`] and its two encodings.
+//! - [`retry`]: exponential backoff with full jitter and a `Retryable` classification.
+//! - [`circuit_breaker`]: closed → open → half-open → closed, exported as a metric.
+//! - [`config`]: defaults < TOML file < environment, validation, secret redaction, hot reload.
+//! - [`telemetry`]: logs (json or pretty) and optional OTLP traces.
+//! - [`propagation`]: W3C `traceparent` through NATS, AMQP and gRPC headers.
+//! - [`shutdown`]: SIGTERM/Ctrl-C into one cancellation signal, in-flight work drained.
+//! - [`ops`]: `/healthz`, `/readyz` and `/metrics` over HTTP.
+//! - [`metrics`]: the Prometheus recorder every service shares.
+
+pub mod circuit_breaker;
+pub mod codec;
+pub mod config;
+pub mod metrics;
+pub mod ops;
+pub mod propagation;
+pub mod proto;
+pub mod retry;
+pub mod shutdown;
+pub mod task;
+pub mod telemetry;

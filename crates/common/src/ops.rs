@@ -1,0 +1,251 @@
+//! The ops HTTP endpoint every service exposes (ports in DESIGN.md).
+//!
+//! - `GET /healthz`: the process is alive (always 200 while it serves).
+//! - `GET /readyz`: 200 when every registered dependency is connected, 503
+//!   otherwise and during shutdown; the body names each check, so
+//!   `curl :9102/readyz` tells an operator what is missing.
+//! - `GET /metrics`: Prometheus text format (see [`crate::metrics`]).
+//!
+//! A service adds its own routes (monitor-subscriber's `/stats`) by passing
+//! a [`Router`]. Binding to port 0 works: [`OpsServer::local_addr`] tells the
+//! port that was picked.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+/// Named readiness checks, shared between the service and `/readyz`.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness {
+    inner: Arc<Mutex<ReadinessState>>,
+}
+
+#[derive(Debug, Default)]
+struct ReadinessState {
+    checks: BTreeMap<&'static str, bool>,
+    shutting_down: bool,
+}
+
+impl Readiness {
+    /// Readiness with the given checks, all not ready yet.
+    pub fn new(checks: &[&'static str]) -> Self {
+        let readiness = Readiness::default();
+        for check in checks {
+            readiness.set(check, false);
+        }
+        readiness
+    }
+
+    /// Marks one dependency as connected (`true`) or not.
+    pub fn set(&self, check: &'static str, ready: bool) {
+        let mut state = self.lock();
+        let previous = state.checks.insert(check, ready);
+        if previous != Some(ready) {
+            tracing::info!(check, ready, "readiness changed");
+        }
+    }
+
+    /// From now on the service reports not ready, so load balancers stop
+    /// sending it work while it drains.
+    pub fn shutting_down(&self) {
+        self.lock().shutting_down = true;
+    }
+
+    /// `true` when every check passes and the service is not shutting down.
+    pub fn is_ready(&self) -> bool {
+        let state = self.lock();
+        !state.shutting_down && state.checks.values().all(|ready| *ready)
+    }
+
+    fn report(&self) -> serde_json::Value {
+        let state = self.lock();
+        serde_json::json!({
+            "ready": !state.shutting_down && state.checks.values().all(|ready| *ready),
+            "shutting_down": state.shutting_down,
+            "checks": state.checks,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReadinessState> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A running ops HTTP server.
+#[derive(Debug)]
+pub struct OpsServer {
+    local_addr: SocketAddr,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl OpsServer {
+    /// Binds `addr` (port 0 picks a free port) and serves the ops routes plus
+    /// `extra` until `stop` fires.
+    pub async fn start(
+        addr: SocketAddr,
+        readiness: Readiness,
+        extra: Router,
+        stop: CancellationToken,
+    ) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        let app = router(readiness).merge(extra);
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        });
+        tracing::info!(addr = %local_addr, "ops http listening");
+        Ok(OpsServer { local_addr, task })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Waits for the server to stop (after the stop token fired).
+    pub async fn stopped(self) -> std::io::Result<()> {
+        self.task.await.map_err(std::io::Error::other)?
+    }
+}
+
+/// The `/healthz`, `/readyz` and `/metrics` routes.
+pub fn router(readiness: Readiness) -> Router {
+    crate::metrics::install();
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(readiness)
+}
+
+async fn readyz(State(readiness): State<Readiness>) -> impl IntoResponse {
+    let status = if readiness.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(readiness.report()))
+}
+
+async fn metrics() -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A one-shot HTTP/1.1 GET; returns the status code and the body.
+    async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let status = response[9..12].parse().unwrap();
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    async fn start(readiness: Readiness, extra: Router) -> (OpsServer, CancellationToken) {
+        let stop = CancellationToken::new();
+        let server = OpsServer::start(
+            "127.0.0.1:0".parse().unwrap(),
+            readiness,
+            extra,
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        (server, stop)
+    }
+
+    #[tokio::test]
+    async fn healthz_answers_on_a_picked_port() {
+        let (server, stop) = start(Readiness::default(), Router::new()).await;
+        assert_ne!(server.local_addr().port(), 0);
+        let (status, body) = http_get(server.local_addr(), "/healthz").await;
+        assert_eq!((status, body.as_str()), (200, "ok"));
+        stop.cancel();
+        server.stopped().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn readyz_follows_the_checks_and_shutdown() {
+        let readiness = Readiness::new(&["nats", "rabbitmq"]);
+        let (server, stop) = start(readiness.clone(), Router::new()).await;
+
+        let (status, body) = http_get(server.local_addr(), "/readyz").await;
+        assert_eq!(status, 503);
+        let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(report["checks"]["nats"], false);
+
+        readiness.set("nats", true);
+        assert_eq!(
+            http_get(server.local_addr(), "/readyz").await.0,
+            503,
+            "rabbitmq still missing"
+        );
+        readiness.set("rabbitmq", true);
+        assert_eq!(http_get(server.local_addr(), "/readyz").await.0, 200);
+
+        readiness.shutting_down();
+        let (status, body) = http_get(server.local_addr(), "/readyz").await;
+        assert_eq!(status, 503);
+        assert!(body.contains(r#""shutting_down":true"#), "{body}");
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn metrics_are_served_in_prometheus_text_format() {
+        let (server, stop) = start(Readiness::default(), Router::new()).await;
+        metrics::counter!("messages_received_total", "subject" => "ops.test").increment(3);
+        let (status, body) = http_get(server.local_addr(), "/metrics").await;
+        assert_eq!(status, 200);
+        assert!(
+            body.contains(r#"messages_received_total{subject="ops.test"} 3"#),
+            "{body}"
+        );
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn services_add_their_own_routes() {
+        let extra = Router::new().route(
+            "/stats",
+            get(|| async { Json(serde_json::json!({"sensors": 0})) }),
+        );
+        let (server, stop) = start(Readiness::default(), extra).await;
+        let (status, body) = http_get(server.local_addr(), "/stats").await;
+        assert_eq!((status, body.as_str()), (200, r#"{"sensors":0}"#));
+        assert_eq!(http_get(server.local_addr(), "/nope").await.0, 404);
+        stop.cancel();
+    }
+}

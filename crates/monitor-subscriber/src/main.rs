@@ -1,0 +1,6 @@
+//! `monitor-subscriber` binary: a skeleton that says it is not implemented yet and exits non-zero.
+
+fn main() -> std::process::ExitCode {
+    eprintln!("monitor-subscriber is not implemented yet");
+    std::process::ExitCode::FAILURE
+}

@@ -1,0 +1,6 @@
+//! `sensor-publisher` binary: a skeleton that says it is not implemented yet and exits non-zero.
+
+fn main() -> std::process::ExitCode {
+    eprintln!("sensor-publisher is not implemented yet");
+    std::process::ExitCode::FAILURE
+}

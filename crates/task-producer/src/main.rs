@@ -1,0 +1,6 @@
+//! `task-producer` binary: a skeleton that says it is not implemented yet and exits non-zero.
+
+fn main() -> std::process::ExitCode {
+    eprintln!("task-producer is not implemented yet");
+    std::process::ExitCode::FAILURE
+}
