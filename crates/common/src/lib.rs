@@ -13,11 +13,13 @@
 //! - [`shutdown`]: SIGTERM/Ctrl-C into one cancellation signal, in-flight work drained.
 //! - [`ops`]: `/healthz`, `/readyz` and `/metrics` over HTTP.
 //! - [`metrics`]: the Prometheus recorder every service shares.
+//! - [`nats`]: NATS connection with readiness and slow-consumer reporting, the readings stream.
 
 pub mod circuit_breaker;
 pub mod codec;
 pub mod config;
 pub mod metrics;
+pub mod nats;
 pub mod ops;
 pub mod propagation;
 pub mod proto;

@@ -1,0 +1,207 @@
+//! NATS plumbing shared by the three publish-subscribe services.
+//!
+//! - [`connect`]: one way to connect, with the connection's life surfaced to
+//!   operators: readiness follows connect/disconnect, and slow-consumer
+//!   drops (the client discarding messages a subscriber did not take in time)
+//!   become the `messages_dropped_total{reason="slow_consumer"}` counter and a
+//!   warn log line. The client reconnects forever and may start before the
+//!   server is up.
+//! - [`sensor_stream_config`] / [`ensure_sensor_stream`]: the JetStream stream
+//!   over `sensor.data` and `sensor.data.>` (DESIGN.md), created or updated by
+//!   whichever service starts first. Only options a 2.9 server knows are set.
+//! - [`reading_subject`]: `sensor.data.<sensor_id>`.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use async_nats::{
+    ConnectOptions, Event,
+    jetstream::{
+        self,
+        stream::{self, StorageType},
+    },
+};
+
+use crate::{config::SecretUrl, ops::Readiness};
+
+/// Name of the readiness check that follows the NATS connection.
+pub const READINESS_CHECK: &str = "nats";
+
+/// How long the stream remembers `Nats-Msg-Id`s to drop a retried publish.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// What the connection reports back to the service that owns it.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionWatch {
+    /// Set to `true` on connect and `false` on disconnect under
+    /// [`READINESS_CHECK`], when given.
+    pub readiness: Option<Readiness>,
+    /// Slow-consumer events of this connection: each is a message the client
+    /// dropped because a subscription's buffer was full.
+    pub slow_consumer_drops: Arc<AtomicU64>,
+}
+
+impl ConnectionWatch {
+    /// A watch that also drives `readiness`.
+    pub fn with_readiness(readiness: Readiness) -> Self {
+        ConnectionWatch {
+            readiness: Some(readiness),
+            slow_consumer_drops: Arc::default(),
+        }
+    }
+
+    /// Slow-consumer drops seen so far on this connection.
+    pub fn slow_consumer_drops(&self) -> u64 {
+        self.slow_consumer_drops.load(Ordering::Relaxed)
+    }
+}
+
+/// Connection settings common to the pub-sub services.
+#[derive(Debug, Clone)]
+pub struct NatsOptions {
+    /// Server URL(s), comma-separated.
+    pub url: SecretUrl,
+    /// Connection name shown by the server (`nats server report connections`).
+    pub name: String,
+    /// Messages a subscription buffers before the client drops (slow consumer).
+    pub subscription_capacity: usize,
+}
+
+/// Connects to NATS; returns at once even if the server is not up yet (the
+/// client keeps trying, forever, as it does after a disconnect).
+pub async fn connect(
+    options: &NatsOptions,
+    watch: ConnectionWatch,
+) -> Result<async_nats::Client, async_nats::ConnectError> {
+    let name = options.name.clone();
+    ConnectOptions::new()
+        .name(&options.name)
+        .subscription_capacity(options.subscription_capacity)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .event_callback(move |event| {
+            let watch = watch.clone();
+            let name = name.clone();
+            async move { on_event(&name, &watch, event) }
+        })
+        .connect(options.url.expose())
+        .await
+}
+
+fn on_event(name: &str, watch: &ConnectionWatch, event: Event) {
+    match event {
+        Event::Connected => {
+            tracing::info!(connection = name, "nats connected");
+            if let Some(readiness) = &watch.readiness {
+                readiness.set(READINESS_CHECK, true);
+            }
+        }
+        Event::Disconnected => {
+            tracing::warn!(connection = name, "nats disconnected, reconnecting");
+            if let Some(readiness) = &watch.readiness {
+                readiness.set(READINESS_CHECK, false);
+            }
+        }
+        Event::SlowConsumer(sid) => {
+            watch.slow_consumer_drops.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("messages_dropped_total", "reason" => "slow_consumer").increment(1);
+            tracing::warn!(
+                connection = name,
+                sid,
+                "slow consumer: nats client dropped a message"
+            );
+        }
+        Event::Closed => tracing::info!(connection = name, "nats connection closed"),
+        other => tracing::warn!(connection = name, event = %other, "nats event"),
+    }
+}
+
+/// `<prefix>.<sensor_id>`, e.g. `sensor.data.temp-001`.
+pub fn reading_subject(prefix: &str, sensor_id: &str) -> String {
+    format!("{prefix}.{sensor_id}")
+}
+
+/// The readings stream: `prefix` and `prefix.>`, on disk, with a duplicate
+/// window for `Nats-Msg-Id` de-duplication.
+pub fn sensor_stream_config(name: &str, subject_prefix: &str) -> stream::Config {
+    stream::Config {
+        name: name.to_string(),
+        subjects: vec![subject_prefix.to_string(), format!("{subject_prefix}.>")],
+        storage: StorageType::File,
+        duplicate_window: DUPLICATE_WINDOW,
+        // Readings are telemetry: a day is plenty to replay after an outage.
+        max_age: Duration::from_secs(24 * 3600),
+        description: Some("sensor readings (switchyard)".to_string()),
+        ..Default::default()
+    }
+}
+
+/// Creates the readings stream, or updates it to [`sensor_stream_config`].
+pub async fn ensure_sensor_stream(
+    js: &jetstream::Context,
+    name: &str,
+    subject_prefix: &str,
+) -> Result<stream::Info, jetstream::context::CreateStreamError> {
+    js.create_or_update_stream(sensor_stream_config(name, subject_prefix))
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local() -> NatsOptions {
+        NatsOptions {
+            url: SecretUrl::new(
+                std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into()),
+            ),
+            name: "common-nats-test".into(),
+            subscription_capacity: 1024,
+        }
+    }
+
+    #[test]
+    fn the_stream_covers_the_bare_subject_and_every_sensor() {
+        let config = sensor_stream_config("SENSORS", "sensor.data");
+        assert_eq!(config.subjects, vec!["sensor.data", "sensor.data.>"]);
+        assert_eq!(config.duplicate_window, DUPLICATE_WINDOW);
+        assert_eq!(reading_subject("sensor.data", "t-1"), "sensor.data.t-1");
+    }
+
+    #[tokio::test]
+    async fn connect_reports_readiness_and_the_stream_is_created_then_updated() {
+        let readiness = Readiness::new(&[READINESS_CHECK]);
+        let client = connect(&local(), ConnectionWatch::with_readiness(readiness.clone()))
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !readiness.is_ready() {
+            assert!(tokio::time::Instant::now() < deadline, "never connected");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let name = format!("TEST_{suffix}");
+        let prefix = format!("test.{suffix}.sensor.data");
+        let js = jetstream::new(client);
+        let created = ensure_sensor_stream(&js, &name, &prefix).await.unwrap();
+        assert_eq!(created.config.subjects.len(), 2);
+        // A second service starting with the same config updates in place.
+        let again = ensure_sensor_stream(&js, &name, &prefix).await.unwrap();
+        assert_eq!(again.config.name, name);
+
+        js.publish(reading_subject(&prefix, "s1"), "x".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        let mut stream = js.get_stream(&name).await.unwrap();
+        assert_eq!(stream.info().await.unwrap().state.messages, 1);
+        js.delete_stream(&name).await.unwrap();
+    }
+}
