@@ -9,7 +9,7 @@
 //! - [`sensor_stream_config`] / [`ensure_sensor_stream`]: the JetStream stream
 //!   over `sensor.data` and `sensor.data.>` (DESIGN.md), created or updated by
 //!   whichever service starts first. Only options a 2.9 server knows are set.
-//! - [`reading_subject`]: `sensor.data.<sensor_id>`.
+//! - [`reading_subject`] builds `sensor.data.<sensor_id>`.
 
 use std::{
     sync::{
