@@ -61,6 +61,17 @@ impl ConnectionWatch {
     }
 }
 
+/// How readings travel (DESIGN.md "NATS (pub-sub)").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryMode {
+    /// Core NATS: at-most-once, lowest latency; nothing is stored.
+    #[default]
+    Core,
+    /// JetStream: stored in the readings stream, acknowledged, at-least-once.
+    Jetstream,
+}
+
 /// Connection settings common to the pub-sub services.
 #[derive(Debug, Clone)]
 pub struct NatsOptions {
@@ -163,6 +174,17 @@ mod tests {
             name: "common-nats-test".into(),
             subscription_capacity: 1024,
         }
+    }
+
+    #[test]
+    fn delivery_mode_reads_from_config_in_lowercase() {
+        #[derive(serde::Deserialize)]
+        struct Holder {
+            mode: DeliveryMode,
+        }
+        let holder: Holder = serde_json::from_str(r#"{"mode":"jetstream"}"#).unwrap();
+        assert_eq!(holder.mode, DeliveryMode::Jetstream);
+        assert!(serde_json::from_str::<Holder>(r#"{"mode":"kafka"}"#).is_err());
     }
 
     #[test]
