@@ -1,0 +1,465 @@
+//! Confirmed, persistent task publishing with reconnection.
+//!
+//! A [`TaskPublisher`] owns one AMQP connection and one channel in confirm
+//! mode, kept alive by a background task: it connects with
+//! [`RetryPolicy::reconnect`] backoff, declares the work queue of the [`Topology`] every time
+//! (a restarted broker may have lost non-durable state, and a fresh broker
+//! has no queues at all), and reconnects when the connection drops.
+//!
+//! [`TaskPublisher::publish`] returns only once the broker has confirmed the
+//! message, so a caller that got `Ok` knows the task is on disk in a durable
+//! queue. Many publishes share the channel at once: a semaphore of
+//! `max_unconfirmed` permits bounds the window of unconfirmed messages (the
+//! seed's one-at-a-time wait is the special case `max_unconfirmed = 1`). A
+//! nack, a lost confirm, a broken connection, or a message returned
+//! unroutable (publishes are `mandatory`: a deleted queue is declared again
+//! rather than the message dropped) sends the same message again until `publish_timeout` runs out; only then does `publish` return `Err`,
+//! which always means "not confirmed" (it may still have reached the queue,
+//! which is why workers are idempotent by task id).
+//!
+//! When the service's shutdown fires, the publisher stops reconnecting but
+//! keeps a live connection until the last handle is dropped, so work still
+//! draining can publish.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use common::{
+    codec::{CONTENT_TYPE_HEADER, Codec, CodecError, ContentType},
+    config::SecretUrl,
+    propagation,
+    retry::{RetryPolicy, Retryable},
+    shutdown::Shutdown,
+    task::{Task, now_millis},
+};
+use futures::StreamExt;
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::topology::{DEFAULT_TASK_QUEUE, Topology};
+
+/// AMQP delivery mode of a message that survives a broker restart.
+const PERSISTENT: u8 = 2;
+
+/// Pause between two sends of a nacked message: a nack means the broker is
+/// struggling (disk or memory alarm), so hammering it does not help.
+const NACK_PAUSE: Duration = Duration::from_millis(50);
+
+/// Settings of a [`TaskPublisher`].
+#[derive(Debug, Clone)]
+pub struct PublisherConfig {
+    /// The broker, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`.
+    pub amqp_url: SecretUrl,
+    /// The work queue's base name (see [`Topology`]).
+    pub queue: String,
+    /// How task bodies are encoded.
+    pub content_type: ContentType,
+    /// Most messages published but not yet confirmed at any time.
+    pub max_unconfirmed: usize,
+    /// How long one [`TaskPublisher::publish`] may take, waiting for a
+    /// connection and resends included.
+    pub publish_timeout: Duration,
+}
+
+impl Default for PublisherConfig {
+    fn default() -> Self {
+        PublisherConfig {
+            amqp_url: SecretUrl::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            queue: DEFAULT_TASK_QUEUE.to_string(),
+            content_type: ContentType::Protobuf,
+            max_unconfirmed: 256,
+            publish_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a task was not confirmed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The task could not be encoded (too large, for instance); resending
+    /// will not help.
+    #[error("cannot encode task: {0}")]
+    Encode(#[from] CodecError),
+    /// No confirm within the publish timeout.
+    #[error("task not confirmed within {timeout:?}: {last_error}")]
+    Timeout {
+        /// The configured publish timeout.
+        timeout: Duration,
+        /// What went wrong last (no connection, a nack, a broken channel).
+        last_error: String,
+    },
+    /// The publisher stopped (shutdown) and has no connection any more.
+    #[error("task publisher is closed")]
+    Closed,
+}
+
+impl Retryable for PublishError {
+    fn is_retryable(&self) -> bool {
+        matches!(self, PublishError::Timeout { .. })
+    }
+}
+
+/// Running totals of one publisher, for summaries and tests.
+#[derive(Debug, Default)]
+pub struct PublisherStats {
+    confirmed: AtomicU64,
+    resent: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl PublisherStats {
+    /// Tasks the broker confirmed.
+    pub fn confirmed(&self) -> u64 {
+        self.confirmed.load(Ordering::Relaxed)
+    }
+
+    /// Sends after the first one (after a nack, a lost confirm or a broken
+    /// connection).
+    pub fn resent(&self) -> u64 {
+        self.resent.load(Ordering::Relaxed)
+    }
+
+    /// Publishes that returned `Err`.
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+}
+
+/// The channel of the current connection, numbered so that a failure
+/// reported on an old connection does not tear down a new one.
+#[derive(Debug, Clone)]
+struct Link {
+    generation: u64,
+    channel: Channel,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: PublisherConfig,
+    codec: Codec,
+    window: Semaphore,
+    link: watch::Receiver<Option<Link>>,
+    connected: watch::Receiver<bool>,
+    /// Generations whose channel failed; the background task reconnects.
+    /// Dropping the last handle closes this and ends the background task.
+    broken: mpsc::UnboundedSender<u64>,
+    stats: PublisherStats,
+}
+
+/// Publishes tasks to the work queue with publisher confirms. Cheap to clone;
+/// every clone shares the connection and the window.
+#[derive(Debug, Clone)]
+pub struct TaskPublisher {
+    inner: Arc<Inner>,
+}
+
+impl TaskPublisher {
+    /// Returns at once; connects (and after a broker restart reconnects) in
+    /// the background with [`RetryPolicy::reconnect`], declaring the topology
+    /// each time.
+    pub fn start(config: PublisherConfig, shutdown: Shutdown) -> Self {
+        let (link_tx, link_rx) = watch::channel(None);
+        let (connected_tx, connected_rx) = watch::channel(false);
+        let (broken_tx, broken_rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            window: Semaphore::new(config.max_unconfirmed.max(1)),
+            codec: Codec::default(),
+            link: link_rx,
+            connected: connected_rx,
+            broken: broken_tx,
+            stats: PublisherStats::default(),
+            config: config.clone(),
+        });
+        // Not tracked by the shutdown: the connection must outlive the drain
+        // of the service's own work, which may still publish.
+        tokio::spawn(maintain_connection(
+            config,
+            link_tx,
+            connected_tx,
+            broken_rx,
+            shutdown,
+        ));
+        TaskPublisher { inner }
+    }
+
+    /// Publishes one persistent task (delivery_mode 2, `Content-Type`,
+    /// `traceparent` from the current span, `message_id` = task id) and returns
+    /// after the broker confirmed it. Many calls may be in flight at once (up
+    /// to `max_unconfirmed`). A nack or a lost confirm is retried inside
+    /// `publish_timeout`; `Err` means NOT confirmed.
+    pub async fn publish(&self, task: &Task) -> Result<(), PublishError> {
+        let inner = &self.inner;
+        let content_type = inner.config.content_type;
+        let payload = inner.codec.encode(task, content_type)?;
+        let mut headers = FieldTable::default();
+        headers.insert(
+            CONTENT_TYPE_HEADER.into(),
+            AMQPValue::LongString(LongString::from(content_type.mime())),
+        );
+        propagation::inject_amqp(&mut headers);
+        let properties = BasicProperties::default()
+            .with_delivery_mode(PERSISTENT)
+            .with_content_type(ShortString::from(content_type.mime()))
+            .with_message_id(ShortString::from(task.id.as_str()))
+            .with_timestamp(u64::try_from(now_millis() / 1000).unwrap_or_default())
+            .with_headers(headers);
+
+        let timeout = inner.config.publish_timeout;
+        let mut last_error = String::from("no connection to the broker");
+        let outcome = tokio::time::timeout(
+            timeout,
+            self.send_until_confirmed(&payload, properties, &mut last_error),
+        )
+        .await;
+        let result = match outcome {
+            Ok(result) => result,
+            Err(_) => Err(PublishError::Timeout {
+                timeout,
+                last_error,
+            }),
+        };
+        match &result {
+            Ok(()) => {
+                inner.stats.confirmed.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("messages_published_total", "queue" => inner.config.queue.clone())
+                    .increment(1);
+            }
+            Err(error) => {
+                inner.stats.failed.fetch_add(1, Ordering::Relaxed);
+                warn!(task_id = %task.id, error = %error, "task publish failed");
+            }
+        }
+        result
+    }
+
+    /// `true` while connected with the topology declared.
+    pub fn connected(&self) -> watch::Receiver<bool> {
+        self.inner.connected.clone()
+    }
+
+    /// Totals since start.
+    pub fn stats(&self) -> &PublisherStats {
+        &self.inner.stats
+    }
+
+    /// The size of the window of unconfirmed messages.
+    pub fn max_unconfirmed(&self) -> usize {
+        self.inner.config.max_unconfirmed.max(1)
+    }
+
+    /// The work queue this publisher publishes to.
+    pub fn queue(&self) -> &str {
+        &self.inner.config.queue
+    }
+
+    async fn send_until_confirmed(
+        &self,
+        payload: &[u8],
+        properties: BasicProperties,
+        last_error: &mut String,
+    ) -> Result<(), PublishError> {
+        let inner = &self.inner;
+        let _permit = inner
+            .window
+            .acquire()
+            .await
+            .map_err(|_| PublishError::Closed)?;
+        let mut first = true;
+        loop {
+            let link = self.current_link().await?;
+            if !first {
+                inner.stats.resent.fetch_add(1, Ordering::Relaxed);
+            }
+            first = false;
+            let sent = async {
+                link.channel
+                    .basic_publish(
+                        ShortString::from(""),
+                        ShortString::from(inner.config.queue.as_str()),
+                        // Mandatory: if the queue was deleted under us the
+                        // broker returns the message instead of acking a drop.
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..BasicPublishOptions::default()
+                        },
+                        payload,
+                        properties.clone(),
+                    )
+                    .await?
+                    .await
+            };
+            match sent.await {
+                Ok(Confirmation::Ack(None)) => return Ok(()),
+                Ok(Confirmation::Ack(Some(_returned))) => {
+                    // Unroutable: the queue is gone. Reconnecting declares it again.
+                    *last_error = "the work queue does not exist".into();
+                    warn!(queue = %inner.config.queue, "task returned unroutable, declaring the topology again");
+                    let _ = inner.broken.send(link.generation);
+                    self.wait_for_new_link(link.generation).await?;
+                }
+                Ok(Confirmation::Nack(_)) => {
+                    *last_error = "the broker nacked the message".into();
+                    debug!("task nacked, sending again");
+                    tokio::time::sleep(NACK_PAUSE).await;
+                }
+                Ok(Confirmation::NotRequested) => {
+                    // Cannot happen on a channel in confirm mode; treat the
+                    // channel as broken rather than trusting an unconfirmed send.
+                    *last_error = "channel is not in confirm mode".into();
+                    let _ = inner.broken.send(link.generation);
+                    self.wait_for_new_link(link.generation).await?;
+                }
+                Err(error) => {
+                    *last_error = error.to_string();
+                    debug!(error = %error, "publish failed, waiting for a new connection");
+                    let _ = inner.broken.send(link.generation);
+                    self.wait_for_new_link(link.generation).await?;
+                }
+            }
+        }
+    }
+
+    /// The current channel, waiting for one while disconnected.
+    async fn current_link(&self) -> Result<Link, PublishError> {
+        let mut link = self.inner.link.clone();
+        let current = link
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| PublishError::Closed)?;
+        Ok(current.clone().expect("wait_for checked is_some"))
+    }
+
+    /// Waits until the link is no longer `generation` (replaced or gone).
+    async fn wait_for_new_link(&self, generation: u64) -> Result<(), PublishError> {
+        let mut link = self.inner.link.clone();
+        link.wait_for(|link| link.as_ref().is_none_or(|l| l.generation != generation))
+            .await
+            .map(|_| ())
+            .map_err(|_| PublishError::Closed)
+    }
+}
+
+/// Connects, declares, hands the channel out, and starts over when it breaks.
+async fn maintain_connection(
+    config: PublisherConfig,
+    link: watch::Sender<Option<Link>>,
+    connected: watch::Sender<bool>,
+    mut broken: mpsc::UnboundedReceiver<u64>,
+    shutdown: Shutdown,
+) {
+    let topology = Topology::new(config.queue.clone());
+    let mut generation = 0u64;
+    loop {
+        let established = tokio::select! {
+            () = shutdown.cancelled() => None,
+            established = connect_with_backoff(&config, &topology) => Some(established),
+        };
+        let Some((connection, channel)) = established else {
+            break;
+        };
+        generation += 1;
+        info!(url = %config.amqp_url, queue = %config.queue, "task publisher connected");
+        link.send_replace(Some(Link {
+            generation,
+            channel: channel.clone(),
+        }));
+        connected.send_replace(true);
+
+        let mut events = connection.events_listener();
+        let keep_going = loop {
+            tokio::select! {
+                event = events.next() => match event {
+                    Some(lapin::Event::Error(error)) => {
+                        warn!(error = %error, "task publisher connection lost");
+                        break true;
+                    }
+                    Some(_) => {}
+                    None => break true,
+                },
+                report = broken.recv() => match report {
+                    Some(failed) if failed == generation => {
+                        warn!("task publisher channel failed, reconnecting");
+                        break true;
+                    }
+                    Some(_) => {}
+                    // Every handle is gone: nobody can publish any more.
+                    None => break false,
+                },
+            }
+        };
+        link.send_replace(None);
+        connected.send_replace(false);
+        // Channel first: closing the connection under an open channel makes
+        // lapin log a spurious error.
+        let _ = channel.close(200, ShortString::from("bye")).await;
+        if let Err(error) = connection.close(200, ShortString::from("bye")).await {
+            debug!(error = %error, "closing a broken connection");
+        }
+        if !keep_going || shutdown.is_triggered() {
+            break;
+        }
+    }
+    debug!("task publisher stopped");
+}
+
+async fn connect_with_backoff(
+    config: &PublisherConfig,
+    topology: &Topology,
+) -> (Connection, Channel) {
+    let mut delays = RetryPolicy::reconnect().backoff();
+    loop {
+        match connect(config, topology).await {
+            Ok(established) => return established,
+            Err(error) => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(10));
+                warn!(
+                    url = %config.amqp_url,
+                    error = %error,
+                    delay_ms = delay.as_millis() as u64,
+                    "cannot connect the task publisher, retrying"
+                );
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+async fn connect(
+    config: &PublisherConfig,
+    topology: &Topology,
+) -> Result<(Connection, Channel), lapin::Error> {
+    let connection = Connection::connect(
+        config.amqp_url.expose(),
+        ConnectionProperties::default().with_connection_name(LongString::from("task-producer")),
+    )
+    .await?;
+    let prepared = async {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        topology.declare_work_queue(&channel).await?;
+        Ok::<_, lapin::Error>(channel)
+    }
+    .await;
+    match prepared {
+        Ok(channel) => Ok((connection, channel)),
+        Err(error) => {
+            // A half-set-up connection would otherwise linger on the broker.
+            let _ = connection
+                .close(200, ShortString::from("setup failed"))
+                .await;
+            Err(error)
+        }
+    }
+}

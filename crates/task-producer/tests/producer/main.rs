@@ -1,0 +1,288 @@
+//! Producer tests against the real local RabbitMQ: topology, confirmed
+//! publishing, the window of unconfirmed messages, failures and the CLI job.
+
+mod helpers;
+
+use std::time::Duration;
+
+use common::{
+    codec::{Codec, ContentType},
+    config::SecretUrl,
+    retry::Retryable,
+    task::Task,
+};
+use futures::future::join_all;
+use helpers::{TestQueues, amqp_url};
+use lapin::{
+    BasicProperties,
+    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable},
+};
+use serde_json::json;
+use task_producer::{
+    job::JobConfig,
+    publisher::{PublishError, PublisherConfig, TaskPublisher},
+    topology::headers,
+};
+
+fn sleep_task(ms: u64) -> Task {
+    let payload = json!({ "ms": ms }).as_object().cloned().unwrap();
+    Task::new(uuid::Uuid::new_v4().to_string(), "sleep", payload)
+}
+
+#[tokio::test]
+async fn a_confirmed_task_is_persistent_and_self_describing() {
+    // Arrange
+    let queues = TestQueues::new(&[Duration::from_secs(1)]).await;
+    let publisher = TaskPublisher::start(queues.publisher_config(), queues.shutdown.clone());
+    let task = sleep_task(5);
+
+    // Act
+    publisher.publish(&task).await.expect("confirmed");
+
+    // Assert
+    let message = queues
+        .get(queues.topology.task_queue())
+        .await
+        .expect("the task is on the queue");
+    let properties = &message.delivery.properties;
+    assert_eq!(*properties.delivery_mode(), Some(2), "persistent");
+    assert_eq!(
+        properties.content_type().as_ref().map(|c| c.as_str()),
+        Some("application/protobuf")
+    );
+    assert_eq!(
+        properties.message_id().as_ref().map(|m| m.as_str()),
+        Some(task.id.as_str())
+    );
+    let decoded: Task = Codec::default()
+        .decode(&message.delivery.data, ContentType::Protobuf)
+        .unwrap();
+    assert_eq!(decoded, task);
+    assert_eq!(publisher.stats().confirmed(), 1);
+}
+
+#[tokio::test]
+async fn many_publishes_share_the_window_and_all_are_confirmed() {
+    // Arrange
+    let queues = TestQueues::new(&[]).await;
+    let config = PublisherConfig {
+        max_unconfirmed: 32,
+        content_type: ContentType::Json,
+        ..queues.publisher_config()
+    };
+    let publisher = TaskPublisher::start(config, queues.shutdown.clone());
+    let tasks: Vec<Task> = (0..500).map(|_| sleep_task(0)).collect();
+
+    // Act
+    let results = join_all(tasks.iter().map(|task| publisher.publish(task))).await;
+
+    // Assert
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(
+        queues
+            .wait_for_depth(queues.topology.task_queue(), 500, Duration::from_secs(10))
+            .await,
+        500
+    );
+    assert_eq!(publisher.stats().confirmed(), 500);
+    assert_eq!(publisher.stats().failed(), 0);
+}
+
+#[tokio::test]
+async fn an_unreachable_broker_is_a_retryable_timeout_not_a_hang() {
+    // Arrange: a port nothing listens on.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let config = PublisherConfig {
+        amqp_url: SecretUrl::new(format!("amqp://guest:guest@127.0.0.1:{port}/%2f")),
+        queue: format!("test.producer.{}", uuid::Uuid::new_v4().simple()),
+        publish_timeout: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let shutdown = common::shutdown::Shutdown::new();
+    let publisher = TaskPublisher::start(config, shutdown.clone());
+
+    // Act
+    let error = publisher.publish(&sleep_task(1)).await.unwrap_err();
+
+    // Assert
+    assert!(matches!(error, PublishError::Timeout { .. }), "{error}");
+    assert!(error.is_retryable());
+    assert!(!*publisher.connected().borrow());
+    assert_eq!(publisher.stats().failed(), 1);
+    shutdown.trigger();
+}
+
+#[tokio::test]
+async fn a_seed_style_client_declares_our_queue_without_a_precondition_failure() {
+    // Arrange: our topology first.
+    let queues = TestQueues::new(&[Duration::from_millis(200)]).await;
+    queues.topology.declare(&queues.channel).await.unwrap();
+
+    // Act: exactly what the seed's Python client does.
+    let seed = queues.connection.create_channel().await.unwrap();
+    let declared = seed
+        .queue_declare(
+            queues.topology.task_queue().into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await;
+
+    // Assert
+    assert!(declared.is_ok(), "{declared:?}");
+}
+
+#[tokio::test]
+async fn a_retry_tier_returns_its_messages_to_the_work_queue_after_its_delay() {
+    // Arrange
+    let queues = TestQueues::new(&[Duration::from_millis(300), Duration::from_secs(30)]).await;
+    queues.topology.declare(&queues.channel).await.unwrap();
+    let (short_tier, _) = queues.topology.retry_tier(1).unwrap();
+    let (long_tier, _) = queues.topology.retry_tier(2).unwrap();
+    let channel = queues.connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut retry_headers = FieldTable::default();
+    retry_headers.insert(headers::ATTEMPTS.into(), AMQPValue::LongInt(1));
+
+    // Act: a long-delay message first, then a short one: no head-of-line
+    // blocking because they sit in different tiers.
+    for (tier, body) in [(&long_tier, "slow"), (&short_tier, "fast")] {
+        channel
+            .basic_publish(
+                "".into(),
+                tier.as_str().into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                BasicProperties::default().with_headers(retry_headers.clone()),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    // Assert
+    let depth = queues
+        .wait_for_depth(queues.topology.task_queue(), 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(depth, 1);
+    let message = queues.get(queues.topology.task_queue()).await.unwrap();
+    assert_eq!(message.delivery.data, b"fast");
+    let attempts = message
+        .delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(headers::ATTEMPTS).cloned());
+    assert_eq!(
+        attempts,
+        Some(AMQPValue::LongInt(1)),
+        "headers survive the tier"
+    );
+    assert_eq!(queues.depth(&long_tier).await, 1);
+}
+
+#[tokio::test]
+async fn the_job_publishes_and_confirms_every_task() {
+    // Arrange
+    let queues = TestQueues::new(&[]).await;
+    let config = task_producer::Config {
+        amqp_url: SecretUrl::new(amqp_url()),
+        queue: queues.topology.task_queue().to_string(),
+        content_type: ContentType::Json,
+        ops_addr: "127.0.0.1:0".parse().unwrap(),
+        job: JobConfig {
+            count: 200,
+            kind: "sleep".into(),
+            payload: r#"{"ms": 1}"#.into(),
+            ..JobConfig::default()
+        },
+        ..task_producer::Config::default()
+    };
+
+    // Act
+    let summary = task_producer::run(config, queues.shutdown.clone())
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(
+        (summary.published, summary.confirmed, summary.failed),
+        (200, 200, 0)
+    );
+    assert_eq!(
+        queues
+            .wait_for_depth(queues.topology.task_queue(), 200, Duration::from_secs(10))
+            .await,
+        200
+    );
+    let message = queues.get(queues.topology.task_queue()).await.unwrap();
+    let task: Task = Codec::default()
+        .decode_with_header(&message.delivery.data, Some("application/json"))
+        .unwrap();
+    assert_eq!(task.kind, "sleep");
+    assert_eq!(task.payload["ms"], 1);
+}
+
+#[tokio::test]
+async fn a_paced_job_runs_for_its_duration() {
+    // Arrange
+    let queues = TestQueues::new(&[]).await;
+    let config = task_producer::Config {
+        amqp_url: SecretUrl::new(amqp_url()),
+        queue: queues.topology.task_queue().to_string(),
+        ops_addr: "127.0.0.1:0".parse().unwrap(),
+        job: JobConfig {
+            rate: 50.0,
+            duration: Duration::from_secs(1),
+            ..JobConfig::default()
+        },
+        ..task_producer::Config::default()
+    };
+
+    // Act
+    let summary = task_producer::run(config, queues.shutdown.clone())
+        .await
+        .unwrap();
+
+    // Assert: paced, so about rate x duration tasks (the first tick is immediate).
+    assert!(
+        (40..=60).contains(&summary.published),
+        "published {}",
+        summary.published
+    );
+    assert_eq!(summary.confirmed, summary.published);
+    assert!(summary.elapsed >= Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn a_deleted_queue_is_declared_again_instead_of_dropping_the_task() {
+    // Arrange
+    let queues = TestQueues::new(&[]).await;
+    let publisher = TaskPublisher::start(queues.publisher_config(), queues.shutdown.clone());
+    publisher.publish(&sleep_task(1)).await.unwrap();
+    queues
+        .channel
+        .queue_delete(
+            queues.topology.task_queue().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+
+    // Act
+    publisher
+        .publish(&sleep_task(2))
+        .await
+        .expect("confirmed after redeclaring");
+
+    // Assert
+    assert_eq!(queues.depth(queues.topology.task_queue()).await, 1);
+    assert!(publisher.stats().resent() >= 1);
+}
