@@ -1,1 +1,28 @@
-fn main() {}
+//! `bench <scenario>`: load for every switchyard pattern, each beside the raw
+//! client doing the same work in the same run. Every scenario ends with
+//! `RESULT scenario=<name> value=<x> unit=<u> baseline=<y> ratio=<x/y>` lines.
+//! Run release builds: `cargo run --release -p bench -- <scenario>`.
+
+mod codec;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(about = "switchyard benchmarks, each against the raw client in the same run")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// JSON vs Protobuf: size and encode/decode time of SensorReading and the seed's User.
+    Codec(codec::Args),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().scenario {
+        Scenario::Codec(args) => codec::run(args).await,
+    }
+}
