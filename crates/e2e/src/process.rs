@@ -1,0 +1,109 @@
+//! The workspace's binaries as child processes of a test.
+//!
+//! `cargo test --workspace` builds every binary before it runs any test, so
+//! they sit next to the test executable's `deps/` folder. A [`Service`] is
+//! stopped with SIGTERM (the graceful path the services implement) when it
+//! is dropped, and killed if it does not exit within a few seconds.
+
+use std::{
+    fs::File,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+
+/// Path of a workspace binary built by cargo beside the running test.
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let test_exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = test_exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test executable has no target directory")?;
+    let path = dir.join(name);
+    anyhow::ensure!(
+        path.exists(),
+        "binary {} not found: build the workspace first (cargo test --workspace builds it)",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; bind soon).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A running binary; stopped on drop.
+#[derive(Debug)]
+pub struct Service {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Service {
+    /// Starts binary `name` with `args` and `env` (added to this process's
+    /// environment), its output going to `<log_dir>/<name>.log`.
+    pub fn spawn(
+        name: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+        log_dir: &Path,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(log_dir)?;
+        let log = log_dir.join(format!("{name}.log"));
+        let out = File::create(&log)?;
+        let child = Command::new(binary(name)?)
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("LOG_FORMAT", "json")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("cannot start {name}"))?;
+        Ok(Service {
+            name: name.to_string(),
+            child,
+            log,
+        })
+    }
+
+    /// What the service logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `true` while the process runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends SIGTERM and waits up to `grace` for a clean exit, then kills.
+    pub fn stop(&mut self, grace: Duration) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if !self.is_running() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("{} did not stop within {grace:?}, killing it", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if self.is_running() {
+            self.stop(Duration::from_secs(10));
+        }
+    }
+}
