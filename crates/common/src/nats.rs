@@ -27,6 +27,8 @@ use async_nats::{
     },
 };
 
+use tokio_util::sync::CancellationToken;
+
 use crate::{config::SecretUrl, ops::Readiness};
 
 /// Name of the readiness check that follows the NATS connection.
@@ -132,6 +134,22 @@ fn on_event(name: &str, watch: &ConnectionWatch, event: Event) {
     }
 }
 
+/// Waits until `client` is connected; `false` if `stop` fired first.
+///
+/// [`connect`] returns before the first connection, so a service that must
+/// not start work while disconnected waits here.
+pub async fn wait_connected(client: &async_nats::Client, stop: &CancellationToken) -> bool {
+    loop {
+        if client.connection_state() == async_nats::connection::State::Connected {
+            return true;
+        }
+        tokio::select! {
+            () = stop.cancelled() => return false,
+            () = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+    }
+}
+
 /// `<prefix>.<sensor_id>`, e.g. `sensor.data.temp-001`.
 pub fn reading_subject(prefix: &str, sensor_id: &str) -> String {
     format!("{prefix}.{sensor_id}")
@@ -201,6 +219,10 @@ mod tests {
         let client = connect(&local(), ConnectionWatch::with_readiness(readiness.clone()))
             .await
             .unwrap();
+        let never = CancellationToken::new();
+        let connected =
+            tokio::time::timeout(Duration::from_secs(10), wait_connected(&client, &never));
+        assert!(connected.await.unwrap());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while !readiness.is_ready() {
             assert!(tokio::time::Instant::now() < deadline, "never connected");

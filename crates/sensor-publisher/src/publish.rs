@@ -1,0 +1,401 @@
+//! Puts readings on NATS, in core or JetStream mode.
+//!
+//! Every reading goes to `<subject_prefix>.<sensor_id>` with a `Content-Type`
+//! header and a `traceparent` (the current span's, or a fresh one when no
+//! trace is being exported, so logs of every hop still share a trace id).
+//!
+//! - Core mode is at-most-once: a reading is handed to the client, and while
+//!   the connection is down readings are not queued up but counted as unsent
+//!   (`readings_unsent_total{reason}`); the client reconnects on its own.
+//! - JetStream mode is at-least-once into the stream: each publish carries
+//!   `Nats-Msg-Id` = `<publisher id>-<sensor id>-<seq>` so a retry is
+//!   de-duplicated by the server; up to `ack_window` PubAcks are awaited
+//!   concurrently (the context's own bounded in-flight window); a reading is
+//!   counted as published only once its PubAck arrived, and a timed-out or
+//!   failed publish is sent again with the same id, with backoff.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use async_nats::{
+    HeaderMap,
+    connection::State,
+    header::NATS_MESSAGE_ID,
+    jetstream::{
+        self,
+        context::{PublishAckFuture, PublishErrorKind},
+        message::PublishMessage,
+    },
+};
+use bytes::Bytes;
+use common::{
+    codec::{CONTENT_TYPE_HEADER, Codec, ContentType},
+    propagation::{TRACEPARENT, inject_nats},
+    proto::sensor::v1::SensorReading,
+    retry::RetryPolicy,
+};
+use metrics::Counter;
+use rand::Rng;
+use tokio::task::JoinSet;
+
+/// What happened to the readings so far; shared with the ops side and tests.
+#[derive(Debug, Default)]
+pub struct PublishCounts {
+    /// Readings handed to NATS (core) or acknowledged by the stream (JetStream).
+    pub published: AtomicU64,
+    /// Readings given up on: not connected, publish failed, retries exhausted.
+    pub unsent: AtomicU64,
+    /// JetStream publishes that were sent again after a timeout or error.
+    pub retried: AtomicU64,
+    /// Retried publishes the stream recognised as duplicates and dropped.
+    pub duplicates: AtomicU64,
+}
+
+/// A point-in-time copy of [`PublishCounts`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PublishSummary {
+    /// See [`PublishCounts::published`].
+    pub published: u64,
+    /// See [`PublishCounts::unsent`].
+    pub unsent: u64,
+    /// See [`PublishCounts::retried`].
+    pub retried: u64,
+    /// See [`PublishCounts::duplicates`].
+    pub duplicates: u64,
+}
+
+impl PublishCounts {
+    /// Reads every counter.
+    pub fn summary(&self) -> PublishSummary {
+        PublishSummary {
+            published: self.published.load(Ordering::Relaxed),
+            unsent: self.unsent.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Why a reading could not be encoded or handed on.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadingError {
+    /// The reading does not encode (only a JSON float problem could do that).
+    #[error("cannot encode reading: {0}")]
+    Encode(#[from] common::codec::CodecError),
+}
+
+/// Settings of a [`ReadingPublisher`].
+#[derive(Debug, Clone)]
+pub struct PublisherSettings {
+    /// Identifies this publisher run in `Nats-Msg-Id`.
+    pub publisher_id: String,
+    /// Subject prefix, `sensor.data` by default.
+    pub subject_prefix: String,
+    /// Encoding of the readings.
+    pub content_type: ContentType,
+    /// How long one core publish or one PubAck may take.
+    pub publish_timeout: Duration,
+    /// PubAcks awaited at once (JetStream).
+    pub ack_window: usize,
+    /// Sends of one reading before it is given up (JetStream).
+    pub max_publish_attempts: u32,
+}
+
+/// Publishes readings in the configured mode.
+#[derive(Debug)]
+pub struct ReadingPublisher {
+    settings: PublisherSettings,
+    client: async_nats::Client,
+    jetstream: Option<jetstream::Context>,
+    codec: Codec,
+    counts: Arc<PublishCounts>,
+    published_metric: Counter,
+    /// Tasks waiting for PubAcks (and retrying); bounded by the context's
+    /// in-flight window, since each holds one of its permits.
+    confirmations: JoinSet<()>,
+}
+
+impl ReadingPublisher {
+    /// A core-NATS publisher.
+    pub fn core(
+        client: async_nats::Client,
+        settings: PublisherSettings,
+        counts: Arc<PublishCounts>,
+    ) -> Self {
+        Self::new(client, None, settings, counts)
+    }
+
+    /// A JetStream publisher; the stream must exist.
+    pub fn jetstream(
+        client: async_nats::Client,
+        settings: PublisherSettings,
+        counts: Arc<PublishCounts>,
+    ) -> Self {
+        let context = jetstream::ContextBuilder::new()
+            .timeout(settings.publish_timeout)
+            .max_ack_inflight(settings.ack_window)
+            // Wait for a free slot instead of failing: the window is the backpressure.
+            .backpressure_on_inflight(true)
+            .build(client.clone());
+        Self::new(client, Some(context), settings, counts)
+    }
+
+    fn new(
+        client: async_nats::Client,
+        jetstream: Option<jetstream::Context>,
+        settings: PublisherSettings,
+        counts: Arc<PublishCounts>,
+    ) -> Self {
+        let published_metric = metrics::counter!(
+            "messages_published_total",
+            "subject" => format!("{}.>", settings.subject_prefix)
+        );
+        ReadingPublisher {
+            settings,
+            client,
+            jetstream,
+            codec: Codec::default(),
+            counts,
+            published_metric,
+            confirmations: JoinSet::new(),
+        }
+    }
+
+    /// Publishes one reading. In JetStream mode this returns once the reading
+    /// is sent and its PubAck is being awaited in the background.
+    pub async fn publish(&mut self, reading: &SensorReading) -> Result<(), ReadingError> {
+        let payload = self
+            .codec
+            .encode(reading, self.settings.content_type)
+            .inspect_err(|_| unsent(&self.counts, "encode"))?;
+        let subject =
+            common::nats::reading_subject(&self.settings.subject_prefix, &reading.sensor_id);
+        let mut headers = reading_headers(self.settings.content_type);
+        match self.jetstream.clone() {
+            None => self.publish_core(subject, headers, payload).await,
+            Some(context) => {
+                let message_id = format!(
+                    "{}-{}-{}",
+                    self.settings.publisher_id, reading.sensor_id, reading.seq
+                );
+                headers.insert(NATS_MESSAGE_ID, message_id.as_str());
+                self.publish_jetstream(context, subject, headers, payload)
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish_core(&mut self, subject: String, headers: HeaderMap, payload: Bytes) {
+        // Not queued while disconnected: core NATS is at-most-once, and a
+        // backlog of stale readings helps nobody after a reconnect.
+        if self.client.connection_state() != State::Connected {
+            unsent(&self.counts, "disconnected");
+            return;
+        }
+        let publish = self.client.publish_with_headers(subject, headers, payload);
+        match tokio::time::timeout(self.settings.publish_timeout, publish).await {
+            Ok(Ok(())) => {
+                self.counts.published.fetch_add(1, Ordering::Relaxed);
+                self.published_metric.increment(1);
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "publish failed");
+                unsent(&self.counts, "publish_error");
+            }
+            Err(_) => {
+                tracing::warn!("publish timed out, connection stalled");
+                unsent(&self.counts, "timeout");
+            }
+        }
+    }
+
+    async fn publish_jetstream(
+        &mut self,
+        context: jetstream::Context,
+        subject: String,
+        headers: HeaderMap,
+        payload: Bytes,
+    ) {
+        while self.confirmations.try_join_next().is_some() {}
+        let message = OutgoingReading {
+            subject,
+            headers,
+            payload,
+        };
+        // The first send happens here, in reading order; only retries may
+        // reach the stream out of order.
+        let first = context
+            .send_publish(message.subject.clone(), message.build())
+            .await;
+        let confirmation = Confirmation {
+            context,
+            message,
+            counts: self.counts.clone(),
+            published_metric: self.published_metric.clone(),
+            max_attempts: self.settings.max_publish_attempts,
+        };
+        self.confirmations.spawn(confirmation.run(first));
+    }
+
+    /// Waits for every outstanding PubAck (JetStream) or flushes the client
+    /// (core), at most `grace`.
+    pub async fn finish(&mut self, grace: Duration) {
+        let drain = async {
+            while self.confirmations.join_next().await.is_some() {}
+            if let Err(error) = self.client.flush().await {
+                tracing::warn!(%error, "flush failed");
+            }
+        };
+        if tokio::time::timeout(grace, drain).await.is_err() {
+            let left = self.confirmations.len();
+            tracing::warn!(left, "grace period over, abandoning unconfirmed readings");
+            self.confirmations.abort_all();
+            self.counts.unsent.fetch_add(left as u64, Ordering::Relaxed);
+            metrics::counter!("readings_unsent_total", "reason" => "shutdown")
+                .increment(left as u64);
+        }
+    }
+}
+
+fn unsent(counts: &PublishCounts, reason: &'static str) {
+    counts.unsent.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("readings_unsent_total", "reason" => reason).increment(1);
+}
+
+/// Content-Type and traceparent for one reading.
+fn reading_headers(content_type: ContentType) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE_HEADER, content_type.mime());
+    inject_nats(&mut headers);
+    if headers.get(TRACEPARENT).is_none() {
+        headers.insert(TRACEPARENT, fresh_traceparent().as_str());
+    }
+    headers
+}
+
+/// A new W3C traceparent (version 00, sampled) for a reading published
+/// outside any exported trace: downstream services continue it, so one id
+/// still runs from the reading to its notification.
+fn fresh_traceparent() -> String {
+    let mut rng = rand::rng();
+    let trace_id: u128 = rng.random::<u128>().max(1);
+    let span_id: u64 = rng.random::<u64>().max(1);
+    format!("00-{trace_id:032x}-{span_id:016x}-01")
+}
+
+/// One encoded reading, kept until its PubAck so it can be sent again.
+#[derive(Debug)]
+struct OutgoingReading {
+    subject: String,
+    headers: HeaderMap,
+    payload: Bytes,
+}
+
+impl OutgoingReading {
+    fn build(&self) -> PublishMessage {
+        PublishMessage::build()
+            .payload(self.payload.clone())
+            .headers(self.headers.clone())
+    }
+}
+
+/// Awaits one reading's PubAck, sending it again (same `Nats-Msg-Id`) until
+/// the stream has it or the attempts run out.
+struct Confirmation {
+    context: jetstream::Context,
+    message: OutgoingReading,
+    counts: Arc<PublishCounts>,
+    published_metric: Counter,
+    max_attempts: u32,
+}
+
+impl Confirmation {
+    async fn run(self, first: Result<PublishAckFuture, jetstream::context::PublishError>) {
+        let policy = RetryPolicy {
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(2),
+            max_attempts: self.max_attempts,
+            max_elapsed: None,
+        };
+        let mut delays = policy.backoff();
+        let mut sent = first;
+        loop {
+            let outcome = match sent {
+                Ok(ack) => ack.await,
+                Err(error) => Err(error),
+            };
+            let error = match outcome {
+                Ok(ack) => {
+                    if ack.duplicate {
+                        self.counts.duplicates.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!("jetstream_publish_duplicates_total").increment(1);
+                    }
+                    self.counts.published.fetch_add(1, Ordering::Relaxed);
+                    self.published_metric.increment(1);
+                    return;
+                }
+                Err(error) => error,
+            };
+            let retryable = !matches!(error.kind(), PublishErrorKind::MaxPayloadExceeded);
+            match delays.next().filter(|_| retryable) {
+                Some(delay) => {
+                    tracing::warn!(
+                        %error,
+                        subject = self.message.subject,
+                        delay_ms = delay.as_millis() as u64,
+                        "publish not acknowledged, sending again"
+                    );
+                    self.counts.retried.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("jetstream_publish_retries_total").increment(1);
+                    tokio::time::sleep(delay).await;
+                    sent = self
+                        .context
+                        .send_publish(self.message.subject.clone(), self.message.build())
+                        .await;
+                }
+                None => {
+                    tracing::error!(%error, subject = self.message.subject, "reading not stored, giving up");
+                    unsent(&self.counts, "retries_exhausted");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fresh_traceparent_is_well_formed_and_unique() {
+        let a = fresh_traceparent();
+        let parts: Vec<_> = a.split('-').collect();
+        assert_eq!(parts.len(), 4);
+        assert_eq!(
+            (parts[0], parts[1].len(), parts[2].len(), parts[3]),
+            ("00", 32, 16, "01")
+        );
+        assert_ne!(a, fresh_traceparent());
+    }
+
+    #[test]
+    fn readings_carry_content_type_and_traceparent() {
+        let headers = reading_headers(ContentType::Protobuf);
+        assert_eq!(
+            headers.get(CONTENT_TYPE_HEADER).map(|v| v.as_str()),
+            Some("application/protobuf")
+        );
+        let context = common::propagation::extract_nats(Some(&headers));
+        assert_ne!(
+            common::propagation::trace_id(&context),
+            "00000000000000000000000000000000"
+        );
+    }
+}

@@ -1,0 +1,296 @@
+//! sensor-publisher against real NATS servers: the shared one, and a private
+//! one that the restart tests kill.
+
+mod helpers;
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::atomic::Ordering,
+    time::Duration,
+};
+
+use async_nats::jetstream::{self, consumer::pull};
+use common::{
+    codec::{CONTENT_TYPE_HEADER, Codec, ContentType},
+    nats::DeliveryMode,
+    propagation::TRACEPARENT,
+    proto::sensor::v1::SensorReading,
+    shutdown::Shutdown,
+};
+use futures::StreamExt;
+use helpers::{NatsServer, StreamGuard, config, eventually, nats_url, unique};
+use sensor_publisher::Application;
+
+/// Reads every message stored in `stream`: (sensor_id, seq) -> times stored.
+async fn stored_readings(
+    js: &jetstream::Context,
+    stream: &str,
+) -> (BTreeMap<(String, u64), u32>, HashSet<String>) {
+    let stream = js.get_stream(stream).await.unwrap();
+    let consumer = stream
+        .create_consumer(pull::Config::default())
+        .await
+        .unwrap();
+    let mut stored = BTreeMap::new();
+    let mut message_ids = HashSet::new();
+    loop {
+        let mut batch = consumer
+            .batch()
+            .max_messages(500)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await
+            .unwrap();
+        let mut got = 0;
+        while let Some(message) = batch.next().await {
+            let message = message.unwrap();
+            let reading: SensorReading = Codec::default()
+                .decode(&message.payload, ContentType::Protobuf)
+                .unwrap();
+            let id = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+                .map(|v| v.to_string())
+                .expect("every stored reading has a Nats-Msg-Id");
+            message_ids.insert(id);
+            *stored.entry((reading.sensor_id, reading.seq)).or_insert(0) += 1;
+            message.ack().await.unwrap();
+            got += 1;
+        }
+        if got == 0 {
+            return (stored, message_ids);
+        }
+    }
+}
+
+#[tokio::test]
+async fn core_mode_publishes_protobuf_readings_with_headers_on_each_sensor_subject() {
+    // Arrange
+    let suffix = unique();
+    let mut config = config(&nats_url(), &suffix);
+    config.count = 40;
+    let prefix = config.subject_prefix.clone();
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let mut subscriber = client.subscribe(format!("{prefix}.>")).await.unwrap();
+    client.flush().await.unwrap();
+
+    // Act
+    let summary = Application::build(config)
+        .await
+        .unwrap()
+        .run_until_stopped(Shutdown::new())
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(summary.published, 40);
+    assert_eq!(summary.unsent, 0);
+    let mut seqs: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for _ in 0..40 {
+        let message = tokio::time::timeout(Duration::from_secs(10), subscriber.next())
+            .await
+            .expect("40 readings")
+            .unwrap();
+        let headers = message.headers.clone().expect("headers");
+        assert_eq!(
+            headers.get(CONTENT_TYPE_HEADER).unwrap().as_str(),
+            "application/protobuf"
+        );
+        assert!(
+            headers
+                .get(TRACEPARENT)
+                .unwrap()
+                .as_str()
+                .starts_with("00-")
+        );
+        let reading: SensorReading = Codec::default()
+            .decode_with_header(&message.payload, Some("application/protobuf"))
+            .unwrap();
+        assert_eq!(
+            message.subject.as_str(),
+            format!("{prefix}.{}", reading.sensor_id)
+        );
+        assert!(reading.owner_id.is_some());
+        seqs.entry(reading.sensor_id).or_default().push(reading.seq);
+    }
+    assert_eq!(seqs.len(), 4);
+    for (sensor, seqs) in seqs {
+        assert_eq!(seqs, (1..=10).collect::<Vec<_>>(), "{sensor}");
+    }
+}
+
+#[tokio::test]
+async fn json_is_published_when_configured() {
+    // Arrange
+    let suffix = unique();
+    let mut config = config(&nats_url(), &suffix);
+    config.count = 5;
+    config.content_type = ContentType::Json;
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let mut subscriber = client
+        .subscribe(format!("{}.>", config.subject_prefix))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+
+    // Act
+    Application::build(config)
+        .await
+        .unwrap()
+        .run_until_stopped(Shutdown::new())
+        .await
+        .unwrap();
+
+    // Assert
+    let message = tokio::time::timeout(Duration::from_secs(10), subscriber.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let headers = message.headers.clone().unwrap();
+    assert_eq!(
+        headers.get(CONTENT_TYPE_HEADER).unwrap().as_str(),
+        "application/json"
+    );
+    let json: serde_json::Value = serde_json::from_slice(&message.payload).unwrap();
+    assert_eq!(json["sensor_id"], "temp-001");
+    assert_eq!(json["seq"], 1);
+}
+
+#[tokio::test]
+async fn jetstream_mode_stores_every_reading_once_with_a_message_id() {
+    // Arrange
+    let suffix = unique();
+    let mut config = config(&nats_url(), &suffix);
+    config.count = 400;
+    config.mode = DeliveryMode::Jetstream;
+    config.ack_window = 64;
+    let _cleanup = StreamGuard {
+        url: nats_url(),
+        name: config.stream.clone(),
+    };
+    let stream = config.stream.clone();
+
+    // Act
+    let summary = Application::build(config)
+        .await
+        .unwrap()
+        .run_until_stopped(Shutdown::new())
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(summary.published, 400);
+    let js = jetstream::new(async_nats::connect(nats_url()).await.unwrap());
+    let (stored, ids) = stored_readings(&js, &stream).await;
+    assert_eq!(stored.len(), 400);
+    assert!(stored.values().all(|times| *times == 1));
+    assert_eq!(ids.len(), 400);
+}
+
+#[tokio::test]
+async fn core_mode_survives_a_nats_restart_and_counts_what_it_could_not_send() {
+    // Arrange
+    let mut server = NatsServer::start().await;
+    let suffix = unique();
+    let mut config = config(&server.url(), &suffix);
+    config.rate_per_sec = 200.0;
+    let prefix = config.subject_prefix.clone();
+    let watcher = common::nats::connect(
+        &common::nats::NatsOptions {
+            url: server.url().as_str().into(),
+            name: "watcher".into(),
+            subscription_capacity: 65_536,
+        },
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let mut subscriber = watcher.subscribe(format!("{prefix}.>")).await.unwrap();
+    let app = Application::build(config).await.unwrap();
+    let counts = app.counts();
+    let shutdown = Shutdown::new();
+    let running = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    tokio::time::timeout(Duration::from_secs(20), subscriber.next())
+        .await
+        .expect("readings before the restart");
+
+    // Act
+    server.kill();
+    eventually(
+        "readings counted as unsent",
+        Duration::from_secs(20),
+        || async { (counts.unsent.load(Ordering::Relaxed) > 0).then_some(()) },
+    )
+    .await;
+    server.restart().await;
+    let published_after_restart = counts.published.load(Ordering::Relaxed);
+
+    // Assert: the subscriber's client reconnected too and readings flow again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no readings after the restart"
+        );
+        let received = tokio::time::timeout(Duration::from_millis(200), subscriber.next()).await;
+        if matches!(received, Ok(Some(_)))
+            && counts.published.load(Ordering::Relaxed) > published_after_restart
+        {
+            break;
+        }
+    }
+    shutdown.trigger();
+    let summary = running.await.unwrap().unwrap();
+    assert!(summary.unsent > 0);
+    assert!(summary.published > published_after_restart);
+}
+
+#[tokio::test]
+async fn jetstream_mode_loses_nothing_it_reported_as_sent_across_a_restart() {
+    // Arrange
+    let mut server = NatsServer::start().await;
+    let suffix = unique();
+    let mut config = config(&server.url(), &suffix);
+    config.mode = DeliveryMode::Jetstream;
+    config.rate_per_sec = 500.0;
+    config.publish_timeout_ms = Duration::from_millis(500);
+    let stream = config.stream.clone();
+    let app = Application::build(config).await.unwrap();
+    let counts = app.counts();
+    let shutdown = Shutdown::new();
+    let running = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    eventually("readings acknowledged", Duration::from_secs(20), || async {
+        (counts.published.load(Ordering::Relaxed) > 100).then_some(())
+    })
+    .await;
+
+    // Act
+    server.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.restart().await;
+    let before = counts.published.load(Ordering::Relaxed);
+    eventually(
+        "acknowledgements after the restart",
+        Duration::from_secs(30),
+        || async { (counts.published.load(Ordering::Relaxed) > before + 200).then_some(()) },
+    )
+    .await;
+    shutdown.trigger();
+    let summary = running.await.unwrap().unwrap();
+
+    // Assert: every reading reported as published is in the stream, once.
+    let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let (stored, _) = stored_readings(&js, &stream).await;
+    assert!(
+        stored.len() as u64 >= summary.published,
+        "stored {} < published {}",
+        stored.len(),
+        summary.published
+    );
+    assert!(
+        stored.values().all(|times| *times == 1),
+        "a duplicate was stored"
+    );
+    assert!(summary.retried > 0, "the outage forced retries");
+}
