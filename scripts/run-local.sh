@@ -1,0 +1,267 @@
+#!/usr/bin/env bash
+# The whole switchyard system as plain processes on this machine, without
+# Docker, against the local NATS, RabbitMQ and PostgreSQL.
+#
+#   scripts/run-local.sh up           build (release), start every service, seed the owners
+#   scripts/run-local.sh status       brokers and services: running? ready?
+#   scripts/run-local.sh logs NAME    follow one service's log (e.g. monitor-subscriber)
+#   scripts/run-local.sh down         stop the services (the brokers keep running)
+#
+# Brokers that are installed but stopped are started with the commands of
+# DESIGN.md; `down` never stops them. Logs and pid files live in .run-local/.
+# Ports (all on 127.0.0.1): user-service gRPC 50051 and HTTP 8080; ops
+# (/healthz, /readyz, /metrics) 9101 sensor-publisher, 9102 alert-subscriber,
+# 9103 monitor-subscriber (+ /stats), 9104 user-service, 9105 task-producer,
+# 9106 task-worker. The alert rules are deploy/config/alert-rules/alert-subscriber.toml:
+# edit and save it, the running alert-subscriber picks the change up.
+#
+# Environment: OTEL_EXPORTER_OTLP_ENDPOINT (export traces, e.g. to a local
+# Jaeger), RUST_LOG, LOG_FORMAT (default pretty), CARGO_TARGET_DIR,
+# RUN_LOCAL_DATABASE (default switchyard_local, created when missing), and
+# RUN_LOCAL_BUILD=0 to start the binaries already built without building.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+RUN_DIR="$ROOT/.run-local"
+BIN_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+DATABASE="${RUN_LOCAL_DATABASE:-switchyard_local}"
+
+# Start order: user-service first (the workers and the seed need it), the
+# consumers before the producers so the first readings and tasks are seen.
+SERVICES=(user-service task-worker alert-subscriber monitor-subscriber sensor-publisher task-producer)
+
+ops_port() {
+    case "$1" in
+        sensor-publisher) echo 9101 ;;
+        alert-subscriber) echo 9102 ;;
+        monitor-subscriber) echo 9103 ;;
+        user-service) echo 9104 ;;
+        task-producer) echo 9105 ;;
+        task-worker) echo 9106 ;;
+        *) return 1 ;;
+    esac
+}
+
+say() { printf '==> %s\n' "$*"; }
+die() { printf 'run-local: %s\n' "$*" >&2; exit 1; }
+
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+# http_ok PORT PATH: true when GET http://127.0.0.1:PORT/PATH answers 200.
+http_ok() {
+    local status
+    {
+        exec 3<>"/dev/tcp/127.0.0.1/$1" &&
+            printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' "$2" >&3 &&
+            IFS=' ' read -r -t 5 _ status _ <&3
+    } 2>/dev/null || return 1
+    exec 3<&-
+    [[ "$status" == "200" ]]
+}
+
+pid_of() {
+    local file="$RUN_DIR/$1.pid"
+    [[ -f "$file" ]] || return 1
+    local pid
+    pid="$(cat "$file")"
+    kill -0 "$pid" 2>/dev/null || return 1
+    echo "$pid"
+}
+
+# ---------------------------------------------------------------- brokers
+wait_port() {
+    local name="$1" port="$2"
+    for _ in $(seq 90); do
+        port_open 127.0.0.1 "$port" && return 0
+        sleep 1
+    done
+    die "$name did not start listening on 127.0.0.1:$port within 90 s"
+}
+
+start_postgres() {
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
+}
+
+# ensure_broker NAME PORT BINARY START_COMMAND...: starts a stopped, installed
+# broker; never touches one that runs.
+ensure_broker() {
+    local name="$1" port="$2" binary="$3"
+    shift 3
+    if port_open 127.0.0.1 "$port"; then
+        say "$name answers on 127.0.0.1:$port"
+        return 0
+    fi
+    command -v "$binary" >/dev/null 2>&1 || [[ -x "$binary" ]] ||
+        die "$name is not running on 127.0.0.1:$port and $binary is not installed"
+    say "$name is stopped; starting it: $*"
+    "$@"
+    wait_port "$name" "$port"
+}
+
+ensure_brokers() {
+    ensure_broker "NATS (JetStream)" 4222 /usr/sbin/nats-server \
+        start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
+        -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
+    ensure_broker "RabbitMQ" 5672 rabbitmq-server rabbitmq-server -detached
+    ensure_broker "PostgreSQL" 5432 pg_ctlcluster start_postgres
+}
+
+# The services' own database, so a local run never mixes with the tests'
+# database `test`.
+ensure_database() {
+    command -v psql >/dev/null || die "psql is needed to create the database $DATABASE"
+    if psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$DATABASE'" | grep -q 1; then
+        say "database $DATABASE exists"
+    else
+        say "creating database $DATABASE"
+        psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE \"$DATABASE\""
+    fi
+}
+
+# ---------------------------------------------------------------- services
+service_env() {
+    local name="$1"
+    echo "NATS_URL=nats://127.0.0.1:4222"
+    echo "AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f"
+    echo "DATABASE_URL=postgres://postgres@127.0.0.1:5432/$DATABASE"
+    echo "USER_SERVICE_URL=http://127.0.0.1:50051"
+    echo "OPS_ADDR=127.0.0.1:$(ops_port "$name")"
+    echo "LOG_FORMAT=${LOG_FORMAT:-pretty}"
+    echo "RUST_LOG=${RUST_LOG:-info}"
+    case "$name" in
+        user-service)
+            echo "GRPC_ADDR=127.0.0.1:50051"
+            echo "HTTP_ADDR=127.0.0.1:8080"
+            ;;
+        alert-subscriber)
+            echo "CONFIG_FILE=$ROOT/deploy/config/alert-rules/alert-subscriber.toml"
+            ;;
+    esac
+}
+
+start_service() {
+    local name="$1" pid
+    if pid="$(pid_of "$name")"; then
+        say "$name runs already (pid $pid)"
+        return 0
+    fi
+    [[ -x "$BIN_DIR/$name" ]] || die "$BIN_DIR/$name is missing: did the build succeed?"
+    local env_args=()
+    mapfile -t env_args < <(service_env "$name")
+    # setsid: the service outlives this shell and gets its own process group,
+    # so `down` can signal exactly it.
+    env "${env_args[@]}" setsid "$BIN_DIR/$name" >>"$RUN_DIR/$name.log" 2>&1 </dev/null &
+    echo $! >"$RUN_DIR/$name.pid"
+    say "$name started (pid $!, log .run-local/$name.log)"
+}
+
+wait_ready() {
+    local name="$1" port
+    port="$(ops_port "$name")"
+    for _ in $(seq 60); do
+        if http_ok "$port" /readyz; then
+            say "$name ready (http://127.0.0.1:$port/readyz)"
+            return 0
+        fi
+        pid_of "$name" >/dev/null || break
+        sleep 1
+    done
+    echo "--- last lines of .run-local/$name.log:" >&2
+    tail -n 20 "$RUN_DIR/$name.log" >&2 || true
+    die "$name did not become ready within 60 s (see above; scripts/run-local.sh down stops the rest)"
+}
+
+seed_owners() {
+    say "seeding the sensor owners u-1001 and u-1002"
+    PATH="$BIN_DIR:$PATH" USER_SERVICE_URL=http://127.0.0.1:50051 \
+        LOG_FORMAT="${LOG_FORMAT:-pretty}" "$ROOT/deploy/docker/seed-users"
+}
+
+stop_service() {
+    local name="$1" pid
+    if ! pid="$(pid_of "$name")"; then
+        rm -f "$RUN_DIR/$name.pid"
+        return 0
+    fi
+    # SIGTERM: the service stops taking work and finishes what is in flight.
+    kill -TERM "$pid"
+    for _ in $(seq 30); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        say "$name (pid $pid) still running after 30 s; killing it"
+        kill -KILL "$pid"
+    fi
+    rm -f "$RUN_DIR/$name.pid"
+    say "$name stopped"
+}
+
+# ---------------------------------------------------------------- commands
+cmd_up() {
+    mkdir -p "$RUN_DIR"
+    ensure_brokers
+    ensure_database
+    if [[ "${RUN_LOCAL_BUILD:-1}" == 1 ]]; then
+        say "cargo build --release"
+        cargo build --release --bins
+    fi
+    start_service user-service
+    wait_ready user-service
+    seed_owners
+    local name
+    for name in "${SERVICES[@]:1}"; do
+        start_service "$name"
+    done
+    for name in "${SERVICES[@]:1}"; do
+        wait_ready "$name"
+    done
+    say "up: scripts/run-local.sh logs monitor-subscriber | status | down"
+}
+
+cmd_down() {
+    local index
+    # Reverse order: producers first, so consumers drain what is left.
+    for ((index = ${#SERVICES[@]} - 1; index >= 0; index--)); do
+        stop_service "${SERVICES[index]}"
+    done
+    say "down (NATS, RabbitMQ and PostgreSQL keep running)"
+}
+
+cmd_status() {
+    local name port pid state
+    printf '%-20s %s\n' "NATS" "$(port_open 127.0.0.1 4222 && echo "up 127.0.0.1:4222" || echo down)"
+    printf '%-20s %s\n' "RabbitMQ" "$(port_open 127.0.0.1 5672 && echo "up 127.0.0.1:5672" || echo down)"
+    printf '%-20s %s\n' "PostgreSQL" "$(port_open 127.0.0.1 5432 && echo "up 127.0.0.1:5432" || echo down)"
+    for name in "${SERVICES[@]}"; do
+        port="$(ops_port "$name")"
+        if pid="$(pid_of "$name")"; then
+            if http_ok "$port" /readyz; then state="ready"; else state="not ready"; fi
+            printf '%-20s running (pid %s), %s, ops http://127.0.0.1:%s\n' "$name" "$pid" "$state" "$port"
+        else
+            printf '%-20s stopped\n' "$name"
+        fi
+    done
+}
+
+cmd_logs() {
+    local name="${1:-}"
+    ops_port "$name" >/dev/null 2>&1 || die "logs NAME: NAME is one of ${SERVICES[*]}"
+    [[ -f "$RUN_DIR/$name.log" ]] || die "no log yet for $name (scripts/run-local.sh up)"
+    exec tail -n 50 -F "$RUN_DIR/$name.log"
+}
+
+usage() {
+    sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    exit 2
+}
+
+case "${1:-}" in
+    up) cmd_up ;;
+    down) cmd_down ;;
+    status) cmd_status ;;
+    logs) cmd_logs "${2:-}" ;;
+    *) usage ;;
+esac
