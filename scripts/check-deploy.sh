@@ -2,7 +2,7 @@
 # Validates every deployment file offline (no Docker engine, no cluster):
 #
 #   docker-compose.yml           check-jsonschema, compose-spec schema
-#   deploy/k8s/overlays/*        kubectl kustomize, then kubernetes-validate --strict
+#   deploy/k8s/overlays/*, load  kubectl kustomize, then kubernetes-validate --strict
 #                                on the built-in kinds and check-jsonschema on the
 #                                KEDA kinds against deploy/k8s/schemas/
 #   .github/workflows/ci.yml     check-jsonschema, GitHub workflow schema
@@ -180,7 +180,7 @@ validate_custom() {
 check "deploy/k8s/schemas: KEDA schemas are valid JSON Schema" \
     check-jsonschema --check-metaschema "$SCHEMAS"/*.json
 
-for overlay in deploy/k8s/overlays/*/; do
+for overlay in deploy/k8s/overlays/*/ deploy/k8s/load/; do
     overlay="${overlay%/}"
     name="$(basename "$overlay")"
     rendered="$WORK/$name.yaml"
@@ -275,7 +275,7 @@ for name, svc in yaml.safe_load(open("docker-compose.yml"))["services"].items():
     test = (svc.get("healthcheck") or {}).get("test", [])
     if svc.get("image", "").startswith("switchyard") and test[:1] == ["CMD"]:
         used[f"compose {name} healthcheck"] = test[1]
-for overlay in glob.glob("deploy/k8s/overlays/*/"):
+for overlay in glob.glob("deploy/k8s/overlays/*/") + ["deploy/k8s/load/"]:
     rendered = subprocess.run([kubectl, "kustomize", overlay], check=True, capture_output=True, text=True).stdout
     for doc in yaml.safe_load_all(rendered):
         if not doc or doc["kind"] not in ("Deployment", "Job"):

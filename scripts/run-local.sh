@@ -5,14 +5,15 @@
 #   scripts/run-local.sh up           build (release), start every service, seed the owners
 #   scripts/run-local.sh status       brokers and services: running? ready?
 #   scripts/run-local.sh logs NAME    follow one service's log (e.g. monitor-subscriber)
+#   scripts/run-local.sh load [ARGS]  run task-producer once (default: 500 sleep tasks)
 #   scripts/run-local.sh down         stop the services (the brokers keep running)
 #
 # Brokers that are installed but stopped are started with the commands of
 # DESIGN.md; `down` never stops them. Logs and pid files live in .run-local/.
 # Ports (all on 127.0.0.1): user-service gRPC 50051 and HTTP 8080; ops
 # (/healthz, /readyz, /metrics) 9101 sensor-publisher, 9102 alert-subscriber,
-# 9103 monitor-subscriber (+ /stats), 9104 user-service, 9105 task-producer,
-# 9106 task-worker. The alert rules are deploy/config/alert-rules/alert-subscriber.toml:
+# 9103 monitor-subscriber (+ /stats), 9104 user-service, 9105 task-producer
+# (while a load runs), 9106 task-worker. The alert rules are deploy/config/alert-rules/alert-subscriber.toml:
 # edit and save it, the running alert-subscriber picks the change up.
 #
 # Environment: OTEL_EXPORTER_OTLP_ENDPOINT (export traces, e.g. to a local
@@ -29,8 +30,10 @@ BIN_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/release"
 DATABASE="${RUN_LOCAL_DATABASE:-switchyard_local}"
 
 # Start order: user-service first (the workers and the seed need it), the
-# consumers before the producers so the first readings and tasks are seen.
-SERVICES=(user-service task-worker alert-subscriber monitor-subscriber sensor-publisher task-producer)
+# consumers before the producer so the first readings are seen.
+# task-producer is a one-shot job, not a service: `scripts/run-local.sh load
+# [FLAGS]` runs it against the running system.
+SERVICES=(user-service task-worker alert-subscriber monitor-subscriber sensor-publisher)
 
 ops_port() {
     case "$1" in
@@ -246,15 +249,27 @@ cmd_status() {
     done
 }
 
+# task-producer in the foreground: it prints its summary and exits non-zero
+# when a task was not confirmed.
+cmd_load() {
+    [[ -x "$BIN_DIR/task-producer" ]] || die "$BIN_DIR/task-producer is missing: scripts/run-local.sh up builds it"
+    local env_args=()
+    mapfile -t env_args < <(service_env task-producer)
+    if (($# == 0)); then
+        set -- --count 500 --rate 100 --kind sleep --payload '{"ms": 100}'
+    fi
+    exec env "${env_args[@]}" "$BIN_DIR/task-producer" "$@"
+}
+
 cmd_logs() {
     local name="${1:-}"
-    ops_port "$name" >/dev/null 2>&1 || die "logs NAME: NAME is one of ${SERVICES[*]}"
+    [[ " ${SERVICES[*]} " == *" $name "* && -n "$name" ]] || die "logs NAME: NAME is one of ${SERVICES[*]}"
     [[ -f "$RUN_DIR/$name.log" ]] || die "no log yet for $name (scripts/run-local.sh up)"
     exec tail -n 50 -F "$RUN_DIR/$name.log"
 }
 
 usage() {
-    sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit 2
 }
 
@@ -263,5 +278,6 @@ case "${1:-}" in
     down) cmd_down ;;
     status) cmd_status ;;
     logs) cmd_logs "${2:-}" ;;
+    load) shift; cmd_load "$@" ;;
     *) usage ;;
 esac
