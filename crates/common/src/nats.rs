@@ -29,7 +29,12 @@ use async_nats::{
 
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::SecretUrl, ops::Readiness};
+use crate::{
+    codec::{CONTENT_TYPE_HEADER, Codec, CodecError},
+    config::SecretUrl,
+    ops::Readiness,
+    proto::sensor::v1::SensorReading,
+};
 
 /// Name of the readiness check that follows the NATS connection.
 pub const READINESS_CHECK: &str = "nats";
@@ -150,6 +155,39 @@ pub async fn wait_connected(client: &async_nats::Client, stop: &CancellationToke
     }
 }
 
+/// Decodes a reading from a NATS message, the codec chosen by its
+/// `Content-Type` header (none means JSON), and checks what a decoder cannot:
+/// a sensor id that fits in a subject and a finite value. The error's
+/// [`CodecError::reason`] labels `messages_rejected_total`.
+pub fn decode_reading(
+    codec: &Codec,
+    payload: &[u8],
+    headers: Option<&async_nats::HeaderMap>,
+) -> Result<SensorReading, CodecError> {
+    let content_type = headers
+        .and_then(|headers| headers.get(CONTENT_TYPE_HEADER))
+        .map(|value| value.as_str());
+    let reading: SensorReading = codec.decode_with_header(payload, content_type)?;
+    if reading.sensor_id.is_empty()
+        || reading
+            .sensor_id
+            .chars()
+            .any(|c| c == '.' || c == '*' || c == '>' || c.is_whitespace())
+    {
+        return Err(CodecError::Invalid(format!(
+            "sensor_id {:?} is not a subject token",
+            reading.sensor_id.chars().take(64).collect::<String>()
+        )));
+    }
+    if !reading.value.is_finite() {
+        return Err(CodecError::Invalid(format!(
+            "value {} is not a finite number",
+            reading.value
+        )));
+    }
+    Ok(reading)
+}
+
 /// `<prefix>.<sensor_id>`, e.g. `sensor.data.temp-001`.
 pub fn reading_subject(prefix: &str, sensor_id: &str) -> String {
     format!("{prefix}.{sensor_id}")
@@ -192,6 +230,38 @@ mod tests {
             name: "common-nats-test".into(),
             subscription_capacity: 1024,
         }
+    }
+
+    #[test]
+    fn readings_decode_by_content_type_and_bad_ones_say_why() {
+        let codec = Codec::default();
+        let json = br#"{"sensor_id":"t-1","kind":"temperature","value":25.3,"timestamp":1}"#;
+        assert_eq!(decode_reading(&codec, json, None).unwrap().sensor_id, "t-1");
+        let reading = SensorReading {
+            sensor_id: "t-2".into(),
+            value: 1.0,
+            ..Default::default()
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(CONTENT_TYPE_HEADER, "application/protobuf");
+        let bytes = codec
+            .encode(&reading, crate::codec::ContentType::Protobuf)
+            .unwrap();
+        assert_eq!(
+            decode_reading(&codec, &bytes, Some(&headers)).unwrap(),
+            reading
+        );
+
+        let reason = |payload: &[u8]| decode_reading(&codec, payload, None).unwrap_err().reason();
+        assert_eq!(reason(b"temperature=25.3"), "invalid_json");
+        assert_eq!(
+            reason(br#"{"sensor_id":"a.b","kind":"k","value":1,"timestamp":1}"#),
+            "invalid_message"
+        );
+        assert_eq!(
+            reason(br#"{"sensor_id":"","kind":"k","value":1,"timestamp":1}"#),
+            "invalid_message"
+        );
     }
 
     #[test]

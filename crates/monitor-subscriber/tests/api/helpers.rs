@@ -1,0 +1,112 @@
+//! Test fixtures: monitors on the local NATS with subjects of their own, and
+//! polling with deadlines.
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use common::{config::SecretUrl, shutdown::Shutdown};
+use monitor_subscriber::{Application, Config, StatsHandle};
+use tokio::task::JoinHandle;
+
+/// The shared NATS server of the machine (never stopped by tests).
+pub(crate) fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// A unique suffix for this test's subjects.
+pub(crate) fn unique() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
+}
+
+/// Subjects of one test.
+#[derive(Debug, Clone)]
+pub(crate) struct Subjects {
+    pub(crate) readings: String,
+    pub(crate) stats: String,
+}
+
+impl Subjects {
+    pub(crate) fn new() -> Self {
+        let suffix = unique();
+        Subjects {
+            readings: format!("test.{suffix}.sensor.data"),
+            stats: format!("test.{suffix}.sensor.stats"),
+        }
+    }
+}
+
+/// A monitor running in-process.
+#[derive(Debug)]
+pub(crate) struct TestMonitor {
+    pub(crate) ops_addr: SocketAddr,
+    pub(crate) stats: StatsHandle,
+    pub(crate) shutdown: Shutdown,
+    pub(crate) task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestMonitor {
+    pub(crate) async fn start(subjects: &Subjects) -> Self {
+        common::telemetry::init_for_tests();
+        let config = Config {
+            nats_url: SecretUrl::new(nats_url()),
+            ops_addr: "127.0.0.1:0".parse().unwrap(),
+            subject_prefix: subjects.readings.clone(),
+            stats_subject: subjects.stats.clone(),
+            summary_interval_ms: Duration::from_millis(500),
+            ..Config::default()
+        };
+        let app = Application::build(config).await.unwrap();
+        app.wait_until_subscribed().await;
+        let shutdown = Shutdown::new();
+        TestMonitor {
+            ops_addr: app.ops_addr(),
+            stats: app.stats(),
+            shutdown: shutdown.clone(),
+            task: tokio::spawn(app.run_until_stopped(shutdown)),
+        }
+    }
+
+    /// Waits until `readings + rejected` reach `expected`.
+    pub(crate) async fn wait_for(&self, expected: u64) {
+        let stats = self.stats.clone();
+        eventually(
+            "the monitor to count every message",
+            Duration::from_secs(20),
+            move || {
+                let stats = stats.clone();
+                async move {
+                    let totals = stats.report().totals;
+                    (totals.readings + totals.rejected >= expected).then_some(())
+                }
+            },
+        )
+        .await;
+    }
+
+    pub(crate) async fn stop(self) {
+        self.shutdown.trigger();
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("the monitor drains and stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing after `timeout`.
+pub(crate) async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,243 @@
+//! monitor-subscriber against the local NATS server, fed by the real
+//! sensor-publisher and by hand-made messages.
+
+mod helpers;
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use common::{
+    codec::{CONTENT_TYPE_HEADER, Codec, ContentType},
+    config::SecretUrl,
+    proto::sensor::v1::SensorReading,
+    shutdown::Shutdown,
+};
+use helpers::{Subjects, TestMonitor, nats_url};
+use monitor_subscriber::stats::StatsReport;
+
+fn reading(sensor: &str, value: f64, seq: u64) -> SensorReading {
+    SensorReading {
+        sensor_id: sensor.into(),
+        kind: "temperature".into(),
+        value,
+        unit: "celsius".into(),
+        timestamp: 1_700_000_000_000,
+        seq,
+        site: None,
+        owner_id: Some("u-1001".into()),
+    }
+}
+
+async fn publish(
+    client: &async_nats::Client,
+    subject: String,
+    payload: Vec<u8>,
+    content_type: Option<&str>,
+) {
+    match content_type {
+        Some(content_type) => {
+            let mut headers = HeaderMap::new();
+            headers.insert(CONTENT_TYPE_HEADER, content_type);
+            client
+                .publish_with_headers(subject, headers, payload.into())
+                .await
+                .unwrap();
+        }
+        None => client.publish(subject, payload.into()).await.unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn fan_out_two_monitors_both_see_every_reading() {
+    // Arrange
+    let subjects = Subjects::new();
+    let first = TestMonitor::start(&subjects).await;
+    let second = TestMonitor::start(&subjects).await;
+    let config = sensor_publisher::Config {
+        nats_url: SecretUrl::new(nats_url()),
+        ops_addr: "127.0.0.1:0".parse().unwrap(),
+        subject_prefix: subjects.readings.clone(),
+        rate_per_sec: 0.0,
+        count: 500,
+        fleet: sensor_publisher::FleetConfig {
+            sensors: 5,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+
+    // Act
+    let summary = sensor_publisher::Application::build(config)
+        .await
+        .unwrap()
+        .run_until_stopped(Shutdown::new())
+        .await
+        .unwrap();
+
+    // Assert
+    assert_eq!(summary.published, 500);
+    for monitor in [&first, &second] {
+        monitor.wait_for(500).await;
+        let report = monitor.stats.report();
+        assert_eq!(report.totals.readings, 500);
+        assert_eq!(report.totals.sensors, 5);
+        assert_eq!(report.totals.seq_gaps, 0);
+        assert!(
+            report
+                .sensors
+                .values()
+                .all(|s| s.total == 100 && s.last_seq == Some(100))
+        );
+    }
+    first.stop().await;
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn protobuf_json_and_headerless_json_are_all_understood() {
+    // Arrange
+    let subjects = Subjects::new();
+    let monitor = TestMonitor::start(&subjects).await;
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let codec = Codec::default();
+
+    // Act
+    let proto = codec
+        .encode(&reading("p-1", 21.0, 1), ContentType::Protobuf)
+        .unwrap();
+    publish(
+        &client,
+        format!("{}.p-1", subjects.readings),
+        proto.to_vec(),
+        Some("application/protobuf"),
+    )
+    .await;
+    let json = codec
+        .encode(&reading("j-1", 22.0, 1), ContentType::Json)
+        .unwrap();
+    publish(
+        &client,
+        format!("{}.j-1", subjects.readings),
+        json.to_vec(),
+        Some("application/json"),
+    )
+    .await;
+    // An external client: no headers at all, only the required fields, on
+    // the bare subject.
+    let external = br#"{"sensor_id": "x-1", "kind": "temperature", "value": 23.5, "timestamp": 1700000000000}"#;
+    publish(&client, subjects.readings.clone(), external.to_vec(), None).await;
+
+    // Assert
+    monitor.wait_for(3).await;
+    let report = monitor.stats.report();
+    assert_eq!(report.totals.rejected, 0);
+    assert_eq!(report.sensors["p-1"].last, 21.0);
+    assert_eq!(report.sensors["j-1"].last, 22.0);
+    assert_eq!(report.sensors["x-1"].last, 23.5);
+    monitor.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_payload_among_good_ones_is_rejected_counted_and_skipped() {
+    // Arrange
+    let subjects = Subjects::new();
+    let monitor = TestMonitor::start(&subjects).await;
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let codec = Codec::default();
+    let good = |seq| {
+        codec
+            .encode(&reading("t-1", 20.0 + seq as f64, seq), ContentType::Json)
+            .unwrap()
+            .to_vec()
+    };
+    let subject = format!("{}.t-1", subjects.readings);
+
+    // Act: the seed's own text payload, and garbage claiming to be Protobuf.
+    publish(&client, subject.clone(), good(1), None).await;
+    publish(&client, subject.clone(), b"temperature=25.3".to_vec(), None).await;
+    publish(&client, subject.clone(), good(2), None).await;
+    publish(
+        &client,
+        subject.clone(),
+        vec![0xff, 0xff, 0xff],
+        Some("application/protobuf"),
+    )
+    .await;
+    publish(&client, subject.clone(), good(3), None).await;
+
+    // Assert
+    monitor.wait_for(5).await;
+    let report = monitor.stats.report();
+    assert_eq!(report.totals.rejected, 2);
+    assert_eq!(report.totals.readings, 3);
+    assert_eq!(report.sensors["t-1"].last, 23.0);
+    let metrics = reqwest::get(format!("http://{}/metrics", monitor.ops_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"messages_rejected_total{reason="invalid_json"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"messages_rejected_total{reason="invalid_protobuf"}"#),
+        "{metrics}"
+    );
+    monitor.stop().await;
+}
+
+#[tokio::test]
+async fn stats_answer_over_http_and_nats_request_reply_with_gaps_counted() {
+    // Arrange
+    let subjects = Subjects::new();
+    let monitor = TestMonitor::start(&subjects).await;
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let codec = Codec::default();
+    let subject = format!("{}.t-9", subjects.readings);
+
+    // Act: seq 3 and 4 never arrive.
+    for (value, seq) in [(10.0, 1), (20.0, 2), (30.0, 5), (40.0, 6)] {
+        let bytes = codec
+            .encode(&reading("t-9", value, seq), ContentType::Protobuf)
+            .unwrap();
+        publish(
+            &client,
+            subject.clone(),
+            bytes.to_vec(),
+            Some("application/protobuf"),
+        )
+        .await;
+    }
+    monitor.wait_for(4).await;
+
+    // Assert
+    let over_http: StatsReport = reqwest::get(format!("http://{}/stats", monitor.ops_addr))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.request(subjects.stats.clone(), "".into()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let over_nats: StatsReport = serde_json::from_slice(&reply.payload).unwrap();
+    for report in [over_http, over_nats] {
+        let sensor = &report.sensors["t-9"];
+        assert_eq!(sensor.count, 4);
+        assert_eq!(
+            (sensor.min, sensor.max, sensor.mean),
+            (Some(10.0), Some(40.0), Some(25.0))
+        );
+        assert_eq!(sensor.last, 40.0);
+        assert_eq!(sensor.seq_gaps, 2);
+        assert!(sensor.rate_per_sec > 0.0);
+        assert_eq!(report.window_secs, 60);
+    }
+    monitor.stop().await;
+}
