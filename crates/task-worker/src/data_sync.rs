@@ -1,0 +1,115 @@
+//! The `data_sync` consumer: user events into the contact directory.
+//!
+//! The seed's section 2.5: a durable queue of persistent JSON events. Each
+//! event is applied idempotently (see [`crate::contacts`]) and acked. An
+//! event that does not decode is counted (`messages_rejected_total{reason}`),
+//! logged, and parked in `<queue>.dlq` for inspection, never lost or retried
+//! in a loop.
+
+use futures::StreamExt;
+use lapin::{
+    Channel,
+    message::Delivery,
+    options::{BasicAckOptions, BasicConsumeOptions},
+    types::{FieldTable, ShortString},
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::{
+    consumer::{End, cancel_and_requeue},
+    contacts::{Applied, ContactDirectory, UserEvent},
+    routing::{self, DeadLetter, RouteError},
+};
+
+/// The dead-letter queue of a user-event queue.
+pub fn dead_letter_queue(queue: &str) -> String {
+    format!("{queue}.dlq")
+}
+
+/// Consumes user events from `queue` until `stop` fires or the channel fails.
+pub(crate) async fn run(
+    channel: Channel,
+    publish: Channel,
+    queue: String,
+    consumer_tag: String,
+    contacts: ContactDirectory,
+    stop: CancellationToken,
+) -> End {
+    let mut consumer = match channel
+        .basic_consume(
+            ShortString::from(queue.as_str()),
+            ShortString::from(consumer_tag.as_str()),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+    {
+        Ok(consumer) => consumer,
+        Err(error) => return End::Lost(error.to_string()),
+    };
+    loop {
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => {
+                cancel_and_requeue(&channel, &mut consumer, &consumer_tag).await;
+                return End::Stopped;
+            }
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    if let Err(error) = apply(&publish, &queue, &contacts, delivery).await {
+                        return End::Lost(error.to_string());
+                    }
+                }
+                Some(Err(error)) => return End::Lost(error.to_string()),
+                None => return End::Lost("data_sync consumer cancelled by the broker".into()),
+            },
+        }
+    }
+}
+
+async fn apply(
+    publish: &Channel,
+    queue: &str,
+    contacts: &ContactDirectory,
+    delivery: Delivery,
+) -> Result<(), RouteError> {
+    metrics::counter!("messages_received_total", "queue" => queue.to_string()).increment(1);
+    let applied = UserEvent::decode(&delivery.data).and_then(|event| {
+        let applied = contacts.apply(&event)?;
+        Ok((event, applied))
+    });
+    match applied {
+        Ok((event, applied)) => {
+            match applied {
+                Applied::Changed => {
+                    debug!(event = %event.event, user_id = ?event.user_id().ok(), "contact directory updated")
+                }
+                Applied::Duplicate | Applied::Stale => {
+                    debug!(event = %event.event, outcome = ?applied, "user event skipped")
+                }
+            }
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+        }
+        Err(error) => {
+            let reason = error.reason();
+            metrics::counter!("messages_rejected_total", "reason" => reason).increment(1);
+            warn!(queue, reason, error = %error, "undecodable user event, parking it in the dlq");
+            routing::to_dead_letter_queue(
+                publish,
+                &dead_letter_queue(queue),
+                &delivery.data,
+                &delivery.properties,
+                DeadLetter {
+                    reason,
+                    error: &error.to_string(),
+                    attempts: 1,
+                    original_queue: queue,
+                },
+            )
+            .await?;
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,243 @@
+//! One task delivery, from bytes to ack.
+//!
+//! decode → skip if already done → find the handler → run it → route the
+//! outcome: ack (done), a retry tier (transient failure, attempts left), the
+//! DLQ (permanent failure, attempts exhausted, unknown kind, undecodable
+//! body), or back to the queue untouched (breaker open). Every path counts
+//! `tasks_processed_total{outcome}` or `messages_rejected_total{reason}`
+//! and publishes a [`TaskEvent`].
+
+use std::{sync::Arc, time::Instant};
+
+use common::{codec::Codec, propagation, task::Task};
+use lapin::{
+    Channel,
+    message::Delivery,
+    options::{BasicAckOptions, BasicNackOptions},
+};
+use tokio::sync::broadcast;
+use tracing::{Instrument, debug, info, warn};
+
+use crate::{
+    events::{TaskEvent, TaskOutcome},
+    finished::FinishedTasks,
+    handler::{HandlerError, Handlers},
+    routing::{self, DeadLetter, RouteError},
+};
+use task_producer::topology::Topology;
+
+/// What the consumer loop does after a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Take the next delivery.
+    Continue,
+    /// A dependency's breaker is open: stop consuming until it half-opens.
+    Pause,
+}
+
+/// Everything the processing of a task needs, shared by every consumer.
+#[derive(Debug)]
+pub(crate) struct TaskContext {
+    pub(crate) topology: Topology,
+    pub(crate) max_attempts: u32,
+    pub(crate) handlers: Handlers,
+    pub(crate) finished: FinishedTasks,
+    pub(crate) events: broadcast::Sender<TaskEvent>,
+    pub(crate) codec: Codec,
+}
+
+/// Handles one delivery completely (acked, re-published or requeued).
+/// `Err` means the channel failed: the delivery will come back.
+pub(crate) async fn process(
+    context: &Arc<TaskContext>,
+    publish: &Channel,
+    delivery: Delivery,
+) -> Result<Next, RouteError> {
+    let queue = context.topology.task_queue();
+    metrics::counter!("messages_received_total", "queue" => queue.to_string()).increment(1);
+    let failures_before = routing::attempts(&delivery.properties);
+    let content_type = routing::content_type(&delivery.properties);
+    let task: Task = match context
+        .codec
+        .decode_with_header(&delivery.data, content_type.as_deref())
+    {
+        Ok(task) => task,
+        Err(error) => {
+            let reason = error.reason();
+            metrics::counter!("messages_rejected_total", "reason" => reason).increment(1);
+            let message_id = delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.as_str().to_string())
+                .unwrap_or_default();
+            warn!(queue, message_id, reason, error = %error, "undecodable task, dead-lettering");
+            let event = TaskEvent {
+                task_id: message_id,
+                kind: String::new(),
+                attempt: failures_before + 1,
+                redelivered: delivery.redelivered,
+                outcome: TaskOutcome::DeadLettered {
+                    reason: reason.to_string(),
+                },
+            };
+            dead_letter(
+                context,
+                publish,
+                &delivery,
+                reason,
+                &error.to_string(),
+                failures_before + 1,
+            )
+            .await?;
+            let _ = context.events.send(event);
+            return Ok(Next::Continue);
+        }
+    };
+
+    let span = tracing::info_span!("task", task_id = %task.id, kind = %task.kind, attempt = failures_before + 1);
+    propagation::set_parent(
+        &span,
+        propagation::extract_amqp(delivery.properties.headers().as_ref()),
+    );
+    handle(context, publish, delivery, task, failures_before)
+        .instrument(span)
+        .await
+}
+
+async fn handle(
+    context: &Arc<TaskContext>,
+    publish: &Channel,
+    delivery: Delivery,
+    task: Task,
+    failures_before: u32,
+) -> Result<Next, RouteError> {
+    let attempt = failures_before + 1;
+    let event = |outcome| TaskEvent {
+        task_id: task.id.clone(),
+        kind: task.kind.clone(),
+        attempt,
+        redelivered: delivery.redelivered,
+        outcome,
+    };
+
+    if context.finished.contains(&task.id) {
+        debug!("task already done, acking the redelivery");
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+        metrics::counter!("tasks_duplicates_total").increment(1);
+        let _ = context.events.send(event(TaskOutcome::Duplicate));
+        return Ok(Next::Continue);
+    }
+
+    let Some(handler) = context.handlers.get(&task.kind).cloned() else {
+        metrics::counter!("messages_rejected_total", "reason" => "unknown_kind").increment(1);
+        warn!(known = ?context.handlers.kinds(), "unknown task kind, dead-lettering");
+        let error = format!("no handler for task kind {:?}", task.kind);
+        dead_letter(context, publish, &delivery, "unknown_kind", &error, attempt).await?;
+        let _ = context.events.send(event(TaskOutcome::DeadLettered {
+            reason: "unknown_kind".into(),
+        }));
+        return Ok(Next::Continue);
+    };
+
+    let started = Instant::now();
+    let result = handler.handle(&task).await;
+    let elapsed = started.elapsed();
+    let kind = task.kind.clone();
+    match result {
+        Ok(()) => {
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+            context.finished.insert(&task.id);
+            record(&kind, "ok", elapsed);
+            info!(task_id = %task.id, duration_ms = elapsed.as_millis() as u64, "task done");
+            let _ = context.events.send(event(TaskOutcome::Done));
+            Ok(Next::Continue)
+        }
+        Err(HandlerError::Transient(error)) => {
+            let tier = (attempt < context.max_attempts)
+                .then(|| context.topology.retry_tier(attempt))
+                .flatten();
+            match tier {
+                Some((tier, delay)) => {
+                    routing::to_retry_tier(
+                        publish,
+                        &tier,
+                        &delivery.data,
+                        &delivery.properties,
+                        attempt,
+                    )
+                    .await?;
+                    delivery.acker.ack(BasicAckOptions::default()).await?;
+                    record(&kind, "retried", elapsed);
+                    warn!(error = %error, delay_ms = delay.as_millis() as u64, "task failed, retrying later");
+                    let _ = context.events.send(event(TaskOutcome::Retried { delay }));
+                }
+                None => {
+                    warn!(error = %error, attempts = attempt, "task failed for the last time, dead-lettering");
+                    dead_letter(context, publish, &delivery, "max_attempts", &error, attempt)
+                        .await?;
+                    record(&kind, "dead_lettered", elapsed);
+                    let _ = context.events.send(event(TaskOutcome::DeadLettered {
+                        reason: "max_attempts".into(),
+                    }));
+                }
+            }
+            Ok(Next::Continue)
+        }
+        Err(HandlerError::Permanent { reason, message }) => {
+            warn!(reason, error = %message, "task cannot succeed, dead-lettering");
+            dead_letter(context, publish, &delivery, reason, &message, attempt).await?;
+            record(&kind, "dead_lettered", elapsed);
+            let _ = context.events.send(event(TaskOutcome::DeadLettered {
+                reason: reason.to_string(),
+            }));
+            Ok(Next::Continue)
+        }
+        Err(HandlerError::BreakerOpen(breaker)) => {
+            // Not the task's fault: back to the queue with its attempts
+            // unchanged, and this consumer pauses.
+            info!(breaker, "dependency breaker open, requeueing the task");
+            delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await?;
+            metrics::counter!("tasks_requeued_total", "reason" => "breaker_open").increment(1);
+            let _ = context.events.send(event(TaskOutcome::Requeued));
+            Ok(Next::Pause)
+        }
+    }
+}
+
+fn record(kind: &str, outcome: &'static str, elapsed: std::time::Duration) {
+    metrics::counter!("tasks_processed_total", "outcome" => outcome).increment(1);
+    metrics::histogram!("task_duration_seconds", "kind" => kind.to_string())
+        .record(elapsed.as_secs_f64());
+}
+
+async fn dead_letter(
+    context: &TaskContext,
+    publish: &Channel,
+    delivery: &Delivery,
+    reason: &str,
+    error: &str,
+    attempts: u32,
+) -> Result<(), RouteError> {
+    routing::to_dead_letter_queue(
+        publish,
+        &context.topology.dead_letter_queue(),
+        &delivery.data,
+        &delivery.properties,
+        DeadLetter {
+            reason,
+            error,
+            attempts,
+            original_queue: context.topology.task_queue(),
+        },
+    )
+    .await?;
+    delivery.acker.ack(BasicAckOptions::default()).await?;
+    Ok(())
+}

@@ -1,0 +1,614 @@
+//! Shared set-up for the worker tests: the local RabbitMQ, queue sets of the
+//! test's own (deleted on drop), workers started in-process on port 0 or as
+//! the real binary, a RabbitMQ node of the test's own for restarts, and the
+//! few handlers a user never runs (one that fails on purpose, one that
+//! measures how many tasks run at once).
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    process::Stdio,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use common::{codec::ContentType, config::SecretUrl, shutdown::Shutdown, task::Task};
+use futures::future::BoxFuture;
+use lapin::{
+    Channel, Connection, ConnectionProperties,
+    message::BasicGetMessage,
+    options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions},
+    types::FieldTable,
+};
+use serde_json::json;
+use task_producer::publisher::{PublisherConfig, TaskPublisher};
+use task_worker::{
+    Config, Worker,
+    events::{TaskEvent, TaskOutcome},
+    handler::{HandlerError, TaskHandler},
+};
+use tokio::{sync::broadcast, task::JoinHandle};
+
+/// The shared RabbitMQ (`AMQP_URL` or the default local one).
+pub(crate) fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A work queue and a data_sync queue with unique names on one broker;
+/// every queue is deleted on drop.
+pub(crate) struct TestQueues {
+    pub(crate) url: String,
+    pub(crate) queue: String,
+    pub(crate) data_sync: String,
+    pub(crate) max_attempts: u32,
+    pub(crate) retry_base: Duration,
+    pub(crate) connection: Connection,
+    pub(crate) channel: Channel,
+}
+
+impl TestQueues {
+    /// Queues on the shared broker, retries after 100 ms, 200 ms, ...
+    pub(crate) async fn new() -> Self {
+        Self::on(&amqp_url(), 5, Duration::from_millis(100)).await
+    }
+
+    /// Queues on the broker at `url`.
+    pub(crate) async fn on(url: &str, max_attempts: u32, retry_base: Duration) -> Self {
+        common::telemetry::init_for_tests();
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let connection = connect(url).await;
+        let channel = connection.create_channel().await.unwrap();
+        let queues = TestQueues {
+            url: url.to_string(),
+            queue: format!("test.worker.{suffix}"),
+            data_sync: format!("test.data_sync.{suffix}"),
+            max_attempts,
+            retry_base,
+            connection,
+            channel,
+        };
+        // Declared up front so tests can publish before a worker starts.
+        queues
+            .config()
+            .topology()
+            .declare(&queues.channel)
+            .await
+            .unwrap();
+        task_producer::topology::declare_data_sync(&queues.channel, &queues.data_sync)
+            .await
+            .unwrap();
+        queues
+    }
+
+    /// A worker config on these queues: ops on port 0, fast retries.
+    pub(crate) fn config(&self) -> Config {
+        Config {
+            amqp_url: SecretUrl::new(self.url.clone()),
+            queue: self.queue.clone(),
+            data_sync_queue: self.data_sync.clone(),
+            max_attempts: self.max_attempts,
+            retry_base_delay: self.retry_base,
+            retry_max_delay: self.retry_base * 8,
+            shutdown_grace: Duration::from_secs(20),
+            ops_addr: "127.0.0.1:0".parse().unwrap(),
+            ..Config::default()
+        }
+    }
+
+    pub(crate) fn dlq(&self) -> String {
+        format!("{}.dlq", self.queue)
+    }
+
+    /// A confirmed publisher onto the work queue.
+    pub(crate) fn publisher(
+        &self,
+        content_type: ContentType,
+        shutdown: &Shutdown,
+    ) -> TaskPublisher {
+        TaskPublisher::start(
+            PublisherConfig {
+                amqp_url: SecretUrl::new(self.url.clone()),
+                queue: self.queue.clone(),
+                content_type,
+                publish_timeout: Duration::from_secs(30),
+                ..PublisherConfig::default()
+            },
+            shutdown.clone(),
+        )
+    }
+
+    /// Messages ready in `queue`.
+    pub(crate) async fn depth(&self, queue: &str) -> u32 {
+        self.channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap()
+            .message_count()
+    }
+
+    /// Polls until `queue` holds `count` ready messages, at most 30 s.
+    pub(crate) async fn wait_for_depth(&self, queue: &str, count: u32) -> u32 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let depth = self.depth(queue).await;
+            if depth == count || tokio::time::Instant::now() > deadline {
+                return depth;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Takes one message off `queue` (auto-ack).
+    pub(crate) async fn get(&self, queue: &str) -> Option<BasicGetMessage> {
+        self.channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+    }
+
+    fn names(&self) -> Vec<String> {
+        let mut names = self.config().topology().queue_names();
+        names.push(self.data_sync.clone());
+        names.push(task_worker::data_sync::dead_letter_queue(&self.data_sync));
+        names
+    }
+}
+
+impl Drop for TestQueues {
+    fn drop(&mut self) {
+        let names = self.names();
+        let url = self.url.clone();
+        // Drop cannot await: delete on a connection of its own in a thread,
+        // so a failed test still leaves the broker clean.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let Ok(connection) =
+                    Connection::connect(&url, ConnectionProperties::default()).await
+                else {
+                    return;
+                };
+                for name in names {
+                    if let Ok(channel) = connection.create_channel().await {
+                        let _ = channel
+                            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+                            .await;
+                    }
+                }
+                let _ = connection.close(200, "bye".into()).await;
+            });
+        })
+        .join();
+    }
+}
+
+pub(crate) async fn connect(url: &str) -> Connection {
+    Connection::connect(url, ConnectionProperties::default())
+        .await
+        .expect("a running rabbitmq")
+}
+
+/// A worker running in-process.
+pub(crate) struct TestWorker {
+    pub(crate) events: broadcast::Receiver<TaskEvent>,
+    pub(crate) ops_addr: std::net::SocketAddr,
+    pub(crate) shutdown: Shutdown,
+    pub(crate) handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl TestWorker {
+    pub(crate) async fn start(config: Config) -> Self {
+        Self::start_with(config, Vec::new()).await
+    }
+
+    pub(crate) async fn start_with(
+        config: Config,
+        handlers: Vec<(&str, Arc<dyn TaskHandler>)>,
+    ) -> Self {
+        let mut worker = Worker::build(config).await.expect("worker builds");
+        for (kind, handler) in handlers {
+            worker = worker.with_handler(kind, handler);
+        }
+        Self::run(worker)
+    }
+
+    pub(crate) fn run(worker: Worker) -> Self {
+        let events = worker.subscribe();
+        let ops_addr = worker.ops_addr();
+        let shutdown = Shutdown::new();
+        let handle = tokio::spawn(worker.run_until_stopped(shutdown.clone()));
+        TestWorker {
+            events,
+            ops_addr,
+            shutdown,
+            handle,
+        }
+    }
+
+    /// Collects events until `done` says so, at most `within`.
+    pub(crate) async fn collect_until(
+        &mut self,
+        within: Duration,
+        mut done: impl FnMut(&[TaskEvent]) -> bool,
+    ) -> Vec<TaskEvent> {
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + within;
+        while !done(&seen) {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Ok(event)) => seen.push(event),
+                Ok(Err(broadcast::error::RecvError::Lagged(n))) => {
+                    panic!("test subscriber lagged by {n} events")
+                }
+                Ok(Err(broadcast::error::RecvError::Closed)) | Err(_) => break,
+            }
+        }
+        seen
+    }
+
+    /// Triggers shutdown and waits for `run_until_stopped` to return.
+    pub(crate) async fn stop(self) {
+        self.shutdown.trigger();
+        tokio::time::timeout(Duration::from_secs(30), self.handle)
+            .await
+            .expect("the worker stops within 30 s")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+/// Ids of the tasks with outcome `Done` in `events`.
+pub(crate) fn done_ids(events: &[TaskEvent]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|e| e.outcome == TaskOutcome::Done)
+        .map(|e| e.task_id.clone())
+        .collect()
+}
+
+pub(crate) fn task(kind: &str, payload: serde_json::Value) -> Task {
+    Task::new(
+        uuid::Uuid::new_v4().to_string(),
+        kind,
+        payload.as_object().cloned().unwrap_or_default(),
+    )
+}
+
+pub(crate) fn sleep_task(ms: u64) -> Task {
+    task("sleep", json!({ "ms": ms }))
+}
+
+/// A handler that fails transiently `failures` times per task, then succeeds.
+#[derive(Debug, Default)]
+pub(crate) struct Flaky {
+    pub(crate) failures: u32,
+    calls: Mutex<HashMap<String, u32>>,
+}
+
+impl Flaky {
+    pub(crate) fn new(failures: u32) -> Self {
+        Flaky {
+            failures,
+            calls: Mutex::default(),
+        }
+    }
+}
+
+impl TaskHandler for Flaky {
+    fn handle<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<(), HandlerError>> {
+        let call = {
+            let mut calls = self.calls.lock().unwrap();
+            let call = calls.entry(task.id.clone()).or_default();
+            *call += 1;
+            *call
+        };
+        Box::pin(async move {
+            if call <= self.failures {
+                Err(HandlerError::Transient(format!("planned failure {call}")))
+            } else {
+                Ok(())
+            }
+        })
+    }
+}
+
+/// Sleeps like `sleep` and records how many tasks ran at the same time.
+#[derive(Debug, Default)]
+pub(crate) struct Concurrency {
+    running: AtomicUsize,
+    pub(crate) peak: AtomicUsize,
+    pub(crate) started: AtomicU32,
+}
+
+impl TaskHandler for Concurrency {
+    fn handle<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            self.started.fetch_add(1, Ordering::SeqCst);
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak.fetch_max(now, Ordering::SeqCst);
+            let ms = task.payload.get("ms").and_then(|v| v.as_u64()).unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            Ok(())
+        })
+    }
+}
+
+/// `sleep`, `factor` times slower: the slow machine of the fairness test.
+#[derive(Debug)]
+pub(crate) struct SlowSleep {
+    pub(crate) factor: u32,
+}
+
+impl TaskHandler for SlowSleep {
+    fn handle<'a>(&'a self, task: &'a Task) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let ms = task.payload.get("ms").and_then(|v| v.as_u64()).unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms) * self.factor).await;
+            Ok(())
+        })
+    }
+}
+
+/// The real `task-worker` binary, configured through the environment, with
+/// JSON logs captured from stdout.
+pub(crate) struct WorkerProcess {
+    pub(crate) child: tokio::process::Child,
+    pub(crate) log: Arc<Mutex<Vec<serde_json::Value>>>,
+    reader: JoinHandle<()>,
+}
+
+impl WorkerProcess {
+    pub(crate) fn spawn(queues: &TestQueues, concurrency: usize) -> Self {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_task-worker"))
+            .env("AMQP_URL", &queues.url)
+            .env("OPS_ADDR", "127.0.0.1:0")
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
+            .env("SWITCHYARD__QUEUE", &queues.queue)
+            .env("SWITCHYARD__DATA_SYNC_QUEUE", &queues.data_sync)
+            .env("SWITCHYARD__CONCURRENCY", concurrency.to_string())
+            .env("SWITCHYARD__MAX_ATTEMPTS", queues.max_attempts.to_string())
+            .env(
+                "SWITCHYARD__RETRY_BASE_DELAY_MS",
+                queues.retry_base.as_millis().to_string(),
+            )
+            .env(
+                "SWITCHYARD__RETRY_MAX_DELAY_MS",
+                (queues.retry_base * 8).as_millis().to_string(),
+            )
+            .env("SWITCHYARD__SHUTDOWN_GRACE_MS", "20000")
+            .env_remove("CONFIG_FILE")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the task-worker binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let lines = log.clone();
+        let reader = tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut reader = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) {
+                    lines.lock().unwrap().push(value);
+                }
+            }
+        });
+        WorkerProcess { child, log, reader }
+    }
+
+    /// Ids of the tasks the process logged as done.
+    pub(crate) fn done_ids(&self) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| message(line) == Some("task done"))
+            .filter_map(|line| field(line, "task_id"))
+            .collect()
+    }
+
+    /// Polls until the process logged `message`, at most 30 s.
+    pub(crate) async fn wait_for_log(&self, wanted: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::time::Instant::now() < deadline {
+            if self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|line| message(line) == Some(wanted))
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the worker process never logged {wanted:?}");
+    }
+
+    /// Sends `signal` (`-TERM`, `-KILL`) to the process.
+    pub(crate) fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("still running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the exit (at most `within`) and for the last log lines.
+    pub(crate) async fn wait(
+        mut self,
+        within: Duration,
+    ) -> (std::process::ExitStatus, Vec<String>) {
+        let status = tokio::time::timeout(within, self.child.wait())
+            .await
+            .expect("the worker process exits in time")
+            .unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.reader).await;
+        let done = self.done_ids();
+        (status, done)
+    }
+}
+
+fn message(line: &serde_json::Value) -> Option<&str> {
+    line.get("fields")
+        .and_then(|f| f.get("message"))
+        .or_else(|| line.get("message"))
+        .and_then(|m| m.as_str())
+}
+
+fn field(line: &serde_json::Value, name: &str) -> Option<String> {
+    line.get("fields")
+        .and_then(|f| f.get(name))
+        .or_else(|| line.get(name))
+        .and_then(|v| v.as_str().map(String::from))
+}
+
+/// A RabbitMQ node of the test's own on free ports, stopped and deleted on
+/// drop. The shared broker is never touched.
+pub(crate) struct RabbitNode {
+    pub(crate) name: String,
+    pub(crate) port: u16,
+    dist_port: u16,
+    dir: PathBuf,
+    server: Mutex<Option<std::process::Child>>,
+}
+
+impl RabbitNode {
+    pub(crate) async fn start() -> Self {
+        let port = free_port();
+        let dist_port = free_port();
+        let name = format!("switchyard-test-{port}@localhost");
+        let dir = std::env::temp_dir().join(format!("switchyard-rabbit-{port}"));
+        std::fs::create_dir_all(dir.join("mnesia")).unwrap();
+        std::fs::create_dir_all(dir.join("log")).unwrap();
+        // Its own config file: the machine's /etc/rabbitmq/rabbitmq.conf pins
+        // the shared node's listener, and no plugins (their ports are taken).
+        std::fs::write(
+            dir.join("rabbitmq.conf"),
+            format!("listeners.tcp.default = 127.0.0.1:{port}\n"),
+        )
+        .unwrap();
+        std::fs::write(dir.join("enabled_plugins"), "[].\n").unwrap();
+        let status = std::process::Command::new("chown")
+            .args(["-R", "rabbitmq:rabbitmq"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "chown the node's directories");
+        let node = RabbitNode {
+            name,
+            port,
+            dist_port,
+            dir,
+            server: Mutex::new(None),
+        };
+        node.boot().await;
+        node
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Starts the node (again) on the same data directory and waits until it
+    /// accepts AMQP connections.
+    pub(crate) async fn boot(&self) {
+        let out = std::fs::File::create(self.dir.join("server.out")).unwrap();
+        let server = std::process::Command::new("rabbitmq-server")
+            .env("RABBITMQ_NODENAME", &self.name)
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("RABBITMQ_MNESIA_BASE", self.dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", self.dir.join("log"))
+            .env("RABBITMQ_CONFIG_FILE", self.dir.join("rabbitmq.conf"))
+            .env(
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                self.dir.join("enabled_plugins"),
+            )
+            .env("RABBITMQ_PID_FILE", self.dir.join("rabbitmq.pid"))
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("rabbitmq-server starts");
+        *self.server.lock().unwrap() = Some(server);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(connection) =
+                Connection::connect(&self.url(), ConnectionProperties::default()).await
+            {
+                let _ = connection.close(200, "probe".into()).await;
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the test rabbitmq node did not start in 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Stops the node (a clean broker shutdown, as on a restart).
+    pub(crate) fn stop(&self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["-n", &self.name, "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        // rabbitmqctl stop returns once the node halted; belt and braces for
+        // a node that did not answer.
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("rabbitmq.pid")) {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", pid.trim()])
+                .stderr(Stdio::null())
+                .status();
+        }
+        if let Some(mut server) = self.server.lock().unwrap().take() {
+            let _ = server.wait();
+        }
+    }
+}
+
+impl Drop for RabbitNode {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A one-shot HTTP GET on the ops port; the body.
+pub(crate) async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}

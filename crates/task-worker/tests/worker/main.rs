@@ -1,0 +1,537 @@
+//! Worker tests against the real RabbitMQ (and a node of their own for the
+//! restart), the real binary for the kill and SIGTERM cases.
+
+mod helpers;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use common::{codec::ContentType, shutdown::Shutdown, task::Task};
+use helpers::{
+    Concurrency, Flaky, RabbitNode, SlowSleep, TestQueues, TestWorker, WorkerProcess, done_ids,
+    http_get, sleep_task, task,
+};
+use lapin::{
+    BasicProperties,
+    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable},
+};
+use serde_json::json;
+use task_producer::topology::headers;
+use task_worker::events::TaskOutcome;
+
+async fn publish_all(queues: &TestQueues, tasks: &[Task], content_type: ContentType) {
+    let shutdown = Shutdown::new();
+    let publisher = queues.publisher(content_type, &shutdown);
+    let results = futures::future::join_all(tasks.iter().map(|t| publisher.publish(t))).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    shutdown.trigger();
+}
+
+fn header<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a AMQPValue> {
+    properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(name))
+}
+
+fn header_text(properties: &BasicProperties, name: &str) -> String {
+    match header(properties, name) {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        other => panic!("header {name}: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn sleep_tasks_are_done_and_acked() {
+    // Arrange
+    let queues = TestQueues::new().await;
+    let mut worker = TestWorker::start(queues.config()).await;
+    let tasks: Vec<Task> = (0..5).map(|_| sleep_task(10)).collect();
+
+    // Act
+    publish_all(&queues, &tasks, ContentType::Protobuf).await;
+    let events = worker
+        .collect_until(Duration::from_secs(30), |e| done_ids(e).len() == 5)
+        .await;
+
+    // Assert
+    let done: HashSet<String> = done_ids(&events).into_iter().collect();
+    let expected: HashSet<String> = tasks.iter().map(|t| t.id.clone()).collect();
+    assert_eq!(done, expected);
+    assert_eq!(queues.depth(&queues.queue).await, 0, "everything acked");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn fair_dispatch_gives_the_slow_worker_its_share_not_a_third() {
+    // Arrange: three workers at prefetch 1; the third is 5x slower.
+    let queues = TestQueues::new().await;
+    let mut fast_a = TestWorker::start(queues.config()).await;
+    let mut fast_b = TestWorker::start(queues.config()).await;
+    let mut slow = TestWorker::start_with(
+        queues.config(),
+        vec![("sleep", Arc::new(SlowSleep { factor: 5 }))],
+    )
+    .await;
+    // All three consuming before the first task arrives.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let total = 66;
+    let tasks: Vec<Task> = (0..total).map(|_| sleep_task(60)).collect();
+
+    // Act
+    publish_all(&queues, &tasks, ContentType::Protobuf).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut counts = [0usize; 3];
+    while counts.iter().sum::<usize>() < total && Instant::now() < deadline {
+        for (i, worker) in [&mut fast_a, &mut fast_b, &mut slow]
+            .into_iter()
+            .enumerate()
+        {
+            while let Ok(event) = worker.events.try_recv() {
+                if event.outcome == TaskOutcome::Done {
+                    counts[i] += 1;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Assert: round-robin would give the slow worker 22 (1/3); fair dispatch
+    // about 6 (1/11). Tolerant range: at least one, well under a fifth.
+    assert_eq!(counts.iter().sum::<usize>(), total, "{counts:?}");
+    let share = counts[2] as f64 / total as f64;
+    println!("fairness: slow worker share {share:.3} (counts {counts:?}, ideal 1/11 = 0.091)");
+    assert!(counts[2] >= 1, "{counts:?}");
+    assert!(
+        share < 0.2,
+        "slow worker got {share:.3} of the tasks: {counts:?}"
+    );
+    for worker in [fast_a, fast_b, slow] {
+        worker.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn n_handler_slots_really_run_n_tasks_at_once() {
+    // Arrange
+    let queues = TestQueues::new().await;
+    let probe = Arc::new(Concurrency::default());
+    let config = task_worker::Config {
+        concurrency: 4,
+        ..queues.config()
+    };
+    let mut worker = TestWorker::start_with(config, vec![("sleep", probe.clone())]).await;
+    let tasks: Vec<Task> = (0..12).map(|_| sleep_task(300)).collect();
+
+    // Act
+    publish_all(&queues, &tasks, ContentType::Json).await;
+    let events = worker
+        .collect_until(Duration::from_secs(30), |e| done_ids(e).len() == 12)
+        .await;
+
+    // Assert
+    assert_eq!(done_ids(&events).len(), 12);
+    assert_eq!(
+        probe.peak.load(Ordering::SeqCst),
+        4,
+        "four slots, four at once"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_transient_failure_is_retried_then_succeeds() {
+    // Arrange
+    let queues = TestQueues::new().await;
+    let mut worker =
+        TestWorker::start_with(queues.config(), vec![("flaky", Arc::new(Flaky::new(2)))]).await;
+    let flaky = task("flaky", json!({}));
+
+    // Act
+    publish_all(&queues, std::slice::from_ref(&flaky), ContentType::Json).await;
+    let events = worker
+        .collect_until(Duration::from_secs(30), |e| !done_ids(e).is_empty())
+        .await;
+
+    // Assert
+    let outcomes: Vec<(u32, &TaskOutcome)> =
+        events.iter().map(|e| (e.attempt, &e.outcome)).collect();
+    assert_eq!(outcomes.len(), 3, "{outcomes:?}");
+    assert!(
+        matches!(outcomes[0], (1, TaskOutcome::Retried { .. })),
+        "{outcomes:?}"
+    );
+    assert!(
+        matches!(outcomes[1], (2, TaskOutcome::Retried { .. })),
+        "{outcomes:?}"
+    );
+    assert_eq!(outcomes[2], (3, &TaskOutcome::Done));
+    assert_eq!(queues.depth(&queues.dlq()).await, 0);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_poison_task_is_dead_lettered_after_max_attempts_with_the_delays_respected() {
+    // Arrange: 3 attempts, retries after 300 ms then 600 ms.
+    let queues = TestQueues::on(&helpers::amqp_url(), 3, Duration::from_millis(300)).await;
+    let mut worker = TestWorker::start_with(
+        queues.config(),
+        vec![("flaky", Arc::new(Flaky::new(u32::MAX)))],
+    )
+    .await;
+    let poison = task("flaky", json!({"n": 1}));
+
+    // Act
+    publish_all(&queues, std::slice::from_ref(&poison), ContentType::Json).await;
+    let mut times = Vec::new();
+    let mut outcomes = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while outcomes.len() < 3 && Instant::now() < deadline {
+        if let Ok(Ok(event)) =
+            tokio::time::timeout(Duration::from_millis(200), worker.events.recv()).await
+        {
+            times.push(Instant::now());
+            outcomes.push(event.outcome);
+        }
+    }
+
+    // Assert
+    assert_eq!(outcomes.len(), 3, "{outcomes:?}");
+    assert!(
+        matches!(outcomes[0], TaskOutcome::Retried { delay } if delay == Duration::from_millis(300))
+    );
+    assert!(
+        matches!(outcomes[1], TaskOutcome::Retried { delay } if delay == Duration::from_millis(600))
+    );
+    assert_eq!(
+        outcomes[2],
+        TaskOutcome::DeadLettered {
+            reason: "max_attempts".into()
+        }
+    );
+    assert!(
+        times[1] - times[0] >= Duration::from_millis(300),
+        "first retry too early"
+    );
+    assert!(
+        times[2] - times[1] >= Duration::from_millis(600),
+        "second retry too early"
+    );
+    assert_eq!(queues.wait_for_depth(&queues.dlq(), 1).await, 1);
+    let letter = queues.get(&queues.dlq()).await.unwrap();
+    let properties = &letter.delivery.properties;
+    assert_eq!(header_text(properties, headers::REASON), "max_attempts");
+    assert!(header_text(properties, headers::ERROR).contains("planned failure 3"));
+    assert_eq!(
+        header(properties, headers::ATTEMPTS),
+        Some(&AMQPValue::LongInt(3))
+    );
+    assert!(matches!(
+        header(properties, headers::DEAD_LETTERED_AT),
+        Some(AMQPValue::LongLongInt(ms)) if *ms > 0
+    ));
+    let body: Task = serde_json::from_slice(&letter.delivery.data).unwrap();
+    assert_eq!(body.id, poison.id, "the original body, untouched");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_kinds_and_undecodable_bodies_go_to_the_dlq_at_once() {
+    // Arrange
+    let queues = TestQueues::new().await;
+    let mut worker = TestWorker::start(queues.config()).await;
+    let unknown = task("teleport", json!({"to": "mars"}));
+    let channel = queues.connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+
+    // Act
+    publish_all(
+        &queues,
+        std::slice::from_ref(&unknown),
+        ContentType::Protobuf,
+    )
+    .await;
+    channel
+        .basic_publish(
+            "".into(),
+            queues.queue.as_str().into(),
+            BasicPublishOptions::default(),
+            b"temperature=25.3",
+            BasicProperties::default().with_message_id("garbage-1".into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let events = worker
+        .collect_until(Duration::from_secs(30), |e| e.len() == 2)
+        .await;
+
+    // Assert
+    let reasons: HashMap<String, (u32, TaskOutcome)> = events
+        .into_iter()
+        .map(|e| (e.task_id, (e.attempt, e.outcome)))
+        .collect();
+    assert_eq!(
+        reasons[&unknown.id],
+        (
+            1,
+            TaskOutcome::DeadLettered {
+                reason: "unknown_kind".into()
+            }
+        )
+    );
+    assert_eq!(
+        reasons["garbage-1"],
+        (
+            1,
+            TaskOutcome::DeadLettered {
+                reason: "invalid_json".into()
+            }
+        )
+    );
+    assert_eq!(queues.wait_for_depth(&queues.dlq(), 2).await, 2);
+    let mut dlq_reasons = HashSet::new();
+    while let Some(letter) = queues.get(&queues.dlq()).await {
+        dlq_reasons.insert(header_text(&letter.delivery.properties, headers::REASON));
+    }
+    assert_eq!(
+        dlq_reasons,
+        HashSet::from(["unknown_kind".into(), "invalid_json".into()])
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_redelivered_finished_task_is_not_done_twice() {
+    // Arrange
+    let queues = TestQueues::new().await;
+    let mut worker = TestWorker::start(queues.config()).await;
+    let once = sleep_task(1);
+
+    // Act: the same task (same id) arrives twice, as after a lost ack.
+    publish_all(&queues, std::slice::from_ref(&once), ContentType::Json).await;
+    publish_all(&queues, std::slice::from_ref(&once), ContentType::Json).await;
+    let events = worker
+        .collect_until(Duration::from_secs(30), |e| e.len() == 2)
+        .await;
+
+    // Assert
+    let outcomes: Vec<&TaskOutcome> = events.iter().map(|e| &e.outcome).collect();
+    assert_eq!(outcomes, [&TaskOutcome::Done, &TaskOutcome::Duplicate]);
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_seed_style_client_interoperates() {
+    // Arrange: a worker, then the seed's client: raw lapin, durable declare,
+    // persistent JSON without a content type.
+    let queues = TestQueues::new().await;
+    let mut worker = TestWorker::start(queues.config()).await;
+    let seed = queues.connection.create_channel().await.unwrap();
+    seed.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for queue in [&queues.queue, &queues.data_sync] {
+        seed.queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::durable(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("no PRECONDITION_FAILED against our topology");
+    }
+    let persistent = BasicProperties::default().with_delivery_mode(2);
+
+    // Act
+    seed.basic_publish(
+        "".into(),
+        queues.queue.as_str().into(),
+        BasicPublishOptions::default(),
+        br#"{"id": "seed-task-1", "kind": "sleep", "payload": {"ms": 5}}"#,
+        persistent.clone(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    seed.basic_publish(
+        "".into(),
+        queues.data_sync.as_str().into(),
+        BasicPublishOptions::default(),
+        br#"{"event": "user_created", "data": {"id": 1001, "name": "Alice"}}"#,
+        persistent,
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let events = worker
+        .collect_until(Duration::from_secs(30), |e| !done_ids(e).is_empty())
+        .await;
+
+    // Assert
+    assert_eq!(done_ids(&events), ["seed-task-1"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut contacts = String::new();
+    while Instant::now() < deadline {
+        contacts = http_get(worker.ops_addr, "/contacts").await;
+        if contacts.contains("Alice") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let contacts: serde_json::Value = serde_json::from_str(&contacts).unwrap();
+    assert_eq!(contacts[0]["id"], "1001");
+    assert_eq!(contacts[0]["name"], "Alice");
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_process_killed_mid_task_has_its_tasks_redelivered_and_done() {
+    // Arrange: the real binary, two slots, two long tasks.
+    let queues = TestQueues::new().await;
+    let process = WorkerProcess::spawn(&queues, 2);
+    process.wait_for_log("task worker consuming").await;
+    let long: Vec<Task> = (0..2).map(|_| sleep_task(4_000)).collect();
+    publish_all(&queues, &long, ContentType::Protobuf).await;
+    // Both taken (none ready) = both in progress, unacked, in the process.
+    assert_eq!(queues.wait_for_depth(&queues.queue, 0).await, 0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Act
+    process.signal("-KILL");
+    let (_, done_by_killed) = process.wait(Duration::from_secs(10)).await;
+    let mut rescuer = TestWorker::start(task_worker::Config {
+        concurrency: 2,
+        ..queues.config()
+    })
+    .await;
+    let events = rescuer
+        .collect_until(Duration::from_secs(30), |e| done_ids(e).len() == 2)
+        .await;
+
+    // Assert
+    assert!(
+        done_by_killed.is_empty(),
+        "killed before finishing: {done_by_killed:?}"
+    );
+    let done: HashSet<String> = done_ids(&events).into_iter().collect();
+    assert_eq!(done, long.iter().map(|t| t.id.clone()).collect());
+    assert!(events.iter().all(|e| e.redelivered), "{events:?}");
+    rescuer.stop().await;
+}
+
+#[tokio::test]
+async fn sigterm_under_load_loses_nothing_and_does_nothing_twice() {
+    // Arrange
+    let queues = TestQueues::new().await;
+    let process = WorkerProcess::spawn(&queues, 4);
+    process.wait_for_log("task worker consuming").await;
+    let tasks: Vec<Task> = (0..40).map(|_| sleep_task(250)).collect();
+    publish_all(&queues, &tasks, ContentType::Protobuf).await;
+    // Under load: some done, more in flight and waiting.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while process.done_ids().len() < 4 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Act
+    process.signal("-TERM");
+    let (status, done_by_stopped) = process.wait(Duration::from_secs(25)).await;
+    let mut rest = TestWorker::start(task_worker::Config {
+        concurrency: 4,
+        ..queues.config()
+    })
+    .await;
+    let left = 40 - done_by_stopped.len();
+    let events = rest
+        .collect_until(Duration::from_secs(30), |e| done_ids(e).len() == left)
+        .await;
+
+    // Assert
+    assert!(status.success(), "clean exit: {status:?}");
+    assert!(
+        !done_by_stopped.is_empty() && left > 0,
+        "stopped mid-run ({} done)",
+        done_by_stopped.len()
+    );
+    let mut all = done_by_stopped.clone();
+    all.extend(done_ids(&events));
+    let unique: HashSet<&String> = all.iter().collect();
+    assert_eq!(all.len(), unique.len(), "a task was done twice");
+    assert_eq!(unique.len(), 40, "a task was lost");
+    // Deliveries prefetched but not started were handed back (redelivered
+    // flag set); none of them had been done by the stopped process.
+    rest.stop().await;
+}
+
+#[tokio::test]
+async fn nothing_is_lost_when_rabbitmq_restarts_under_a_producer_and_a_consumer() {
+    // Arrange: a node of our own; a worker and a producer on it.
+    let node = RabbitNode::start().await;
+    let queues = TestQueues::on(&node.url(), 5, Duration::from_millis(100)).await;
+    let mut worker = TestWorker::start(task_worker::Config {
+        concurrency: 2,
+        ..queues.config()
+    })
+    .await;
+    let shutdown = Shutdown::new();
+    let publisher = queues.publisher(ContentType::Protobuf, &shutdown);
+    let tasks: Vec<Task> = (0..120).map(|_| sleep_task(20)).collect();
+    // Proof that the restart happened: the publisher saw the connection drop.
+    let dropped = {
+        let mut connected = publisher.connected();
+        tokio::spawn(async move {
+            let _ = connected.wait_for(|up| *up).await;
+            connected.wait_for(|up| !*up).await.is_ok()
+        })
+    };
+
+    // Act: publish steadily; restart the broker a third of the way in.
+    let producer = {
+        let publisher = publisher.clone();
+        let tasks = tasks.clone();
+        tokio::spawn(async move {
+            let mut failed = 0;
+            for task in &tasks {
+                if publisher.publish(task).await.is_err() {
+                    failed += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            failed
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    node.stop();
+    node.boot().await;
+    let failed = producer.await.unwrap();
+    let events = worker
+        .collect_until(Duration::from_secs(60), |e| {
+            done_ids(e).into_iter().collect::<HashSet<_>>().len() == tasks.len()
+        })
+        .await;
+
+    // Assert
+    assert_eq!(failed, 0, "every publish confirmed in the end");
+    assert!(dropped.await.unwrap(), "the broker restart was seen");
+    assert_eq!(publisher.stats().confirmed(), 120);
+    let done: HashSet<String> = done_ids(&events).into_iter().collect();
+    let missing: Vec<&String> = tasks
+        .iter()
+        .map(|t| &t.id)
+        .filter(|id| !done.contains(*id))
+        .collect();
+    assert!(missing.is_empty(), "lost across the restart: {missing:?}");
+    shutdown.trigger();
+    worker.stop().await;
+    drop(queues);
+}
