@@ -389,6 +389,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn defaults_load_from_nothing_and_a_file_overrides_the_fleet() {
+        let source = |file| common::config::ConfigSource {
+            file,
+            env_keys: ENV_KEYS.to_vec(),
+            env: Some(Default::default()),
+        };
+        let config: Config = source(None).load().unwrap();
+        assert_eq!(config, Config::default());
+        let file = std::env::temp_dir().join(format!("publisher-{}.toml", std::process::id()));
+        std::fs::write(
+            &file,
+            "mode = \"jetstream\"\ncontent_type = \"json\"\n[fleet]\nsensors = 3\nowners = [\"u-7\"]\nsite = \"plant-a\"\nseed = 5\n",
+        )
+        .unwrap();
+        let config: Config = source(Some(file.clone())).load().unwrap();
+        std::fs::remove_file(file).unwrap();
+        assert_eq!(config.mode, DeliveryMode::Jetstream);
+        assert_eq!(config.content_type, ContentType::Json);
+        assert_eq!(config.fleet.sensors, 3);
+        assert_eq!(config.fleet.site.as_deref(), Some("plant-a"));
+        assert_eq!(config.fleet.seed, Some(5));
+    }
+
+    #[test]
     fn defaults_are_valid_and_bad_values_name_their_key() {
         Config::default().validate().unwrap();
         let cases = [
