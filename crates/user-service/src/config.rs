@@ -1,0 +1,203 @@
+//! The service's configuration: defaults < TOML file < environment.
+//!
+//! Every key is top level and snake_case; durations are milliseconds.
+//! Standard variables: `GRPC_ADDR`, `HTTP_ADDR`, `OPS_ADDR`, `DATABASE_URL`,
+//! `AMQP_URL`; any key also as `SWITCHYARD__<KEY>` (e.g.
+//! `SWITCHYARD__REQUEST_TIMEOUT_MS=5000`).
+
+use std::{net::SocketAddr, time::Duration};
+
+use common::config::{ConfigError, SecretUrl, Validate, duration_ms};
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Backend, sqlite_path};
+
+/// Environment variables and the keys they set.
+pub const ENV_KEYS: [(&str, &str); 5] = [
+    ("GRPC_ADDR", "grpc_addr"),
+    ("HTTP_ADDR", "http_addr"),
+    ("OPS_ADDR", "ops_addr"),
+    ("DATABASE_URL", "database_url"),
+    ("AMQP_URL", "amqp_url"),
+];
+
+/// Configuration of one user-service process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// gRPC listen address (`user.v1.UserService`, health, reflection).
+    pub grpc_addr: SocketAddr,
+    /// JSON-over-HTTP gateway listen address (`/v1/users`).
+    pub http_addr: SocketAddr,
+    /// Ops HTTP listen address (`/healthz`, `/readyz`, `/metrics`).
+    pub ops_addr: SocketAddr,
+    /// `sqlite://path/file.db` (created with its directory when missing) or
+    /// `postgres://user:password@host:5432/db`.
+    pub database_url: SecretUrl,
+    /// Largest pool of database connections.
+    pub db_max_connections: u32,
+    /// How long a query waits for a database connection before the call
+    /// fails with `UNAVAILABLE`.
+    #[serde(with = "duration_ms", rename = "db_acquire_timeout_ms")]
+    pub db_acquire_timeout: Duration,
+    /// RabbitMQ, where the outbox relay publishes `data_sync` events.
+    pub amqp_url: SecretUrl,
+    /// The queue of user change events (durable, no arguments, as the seed declares it).
+    pub data_sync_queue: String,
+    /// How often the relay looks for events left in the outbox (by a crash,
+    /// a broker outage, or another replica) when no commit woke it.
+    #[serde(with = "duration_ms", rename = "outbox_poll_interval_ms")]
+    pub outbox_poll_interval: Duration,
+    /// Events the relay reads per round trip to the database.
+    pub outbox_batch_size: u32,
+    /// Server-side deadline of a call; a caller's shorter `grpc-timeout`
+    /// wins. Also bounds each JSON gateway request.
+    #[serde(with = "duration_ms", rename = "request_timeout_ms")]
+    pub request_timeout: Duration,
+    /// Largest gRPC message accepted or sent, in bytes; larger requests are
+    /// refused with `OUT_OF_RANGE` before they are decoded. Also the JSON
+    /// gateway's body limit.
+    pub max_message_bytes: usize,
+    /// On shutdown, how long health reports `NOT_SERVING` while calls are
+    /// still answered, so load balancers stop sending new work first.
+    #[serde(with = "duration_ms", rename = "drain_delay_ms")]
+    pub drain_delay: Duration,
+    /// On shutdown, how long in-flight calls may take to finish.
+    #[serde(with = "duration_ms", rename = "shutdown_grace_ms")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            grpc_addr: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            http_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            ops_addr: SocketAddr::from(([0, 0, 0, 0], 9104)),
+            database_url: SecretUrl::new("sqlite://data/users.db?mode=rwc"),
+            db_max_connections: 10,
+            db_acquire_timeout: Duration::from_secs(3),
+            amqp_url: SecretUrl::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            data_sync_queue: "data_sync".to_string(),
+            outbox_poll_interval: Duration::from_secs(1),
+            outbox_batch_size: 100,
+            request_timeout: Duration::from_secs(10),
+            max_message_bytes: 1024 * 1024,
+            drain_delay: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let backend = Backend::of(&self.database_url)
+            .map_err(|e| ConfigError::invalid("database_url", &self.database_url, e.to_string()))?;
+        if backend == Backend::Sqlite && sqlite_path(self.database_url.expose()).is_none() {
+            return Err(ConfigError::invalid(
+                "database_url",
+                &self.database_url,
+                "in-memory SQLite is not supported: every pooled connection would see its own empty database",
+            ));
+        }
+        if self.db_max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "db_max_connections",
+                0,
+                "must be at least 1",
+            ));
+        }
+        if !matches!(self.amqp_url.scheme().as_str(), "amqp" | "amqps") {
+            return Err(ConfigError::invalid(
+                "amqp_url",
+                &self.amqp_url,
+                "must start with amqp:// or amqps://",
+            ));
+        }
+        if self.data_sync_queue.is_empty() || self.data_sync_queue.len() > 255 {
+            return Err(ConfigError::invalid(
+                "data_sync_queue",
+                &self.data_sync_queue,
+                "must be 1 to 255 bytes",
+            ));
+        }
+        if self.outbox_batch_size == 0 {
+            return Err(ConfigError::invalid(
+                "outbox_batch_size",
+                0,
+                "must be at least 1",
+            ));
+        }
+        for (key, value) in [
+            ("request_timeout_ms", self.request_timeout),
+            ("outbox_poll_interval_ms", self.outbox_poll_interval),
+            ("db_acquire_timeout_ms", self.db_acquire_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::invalid(key, 0, "must be more than 0"));
+            }
+        }
+        if self.max_message_bytes < 1024 {
+            return Err(ConfigError::invalid(
+                "max_message_bytes",
+                self.max_message_bytes,
+                "must be at least 1024",
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use common::config::ConfigSource;
+
+    use super::*;
+
+    fn load(env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        ConfigSource {
+            file: None,
+            env_keys: ENV_KEYS.to_vec(),
+            env: Some(
+                env.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<HashMap<_, _>>(),
+            ),
+        }
+        .load()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_standard_variables_apply() {
+        let defaults = load(&[]).unwrap();
+        assert_eq!(defaults, Config::default());
+        let config = load(&[
+            ("DATABASE_URL", "postgres://postgres@db:5432/users"),
+            ("GRPC_ADDR", "127.0.0.1:6000"),
+            ("SWITCHYARD__REQUEST_TIMEOUT_MS", "2500"),
+            ("SWITCHYARD__DATA_SYNC_QUEUE", "data_sync_test"),
+        ])
+        .unwrap();
+        assert_eq!(config.database_url.scheme(), "postgres");
+        assert_eq!(config.grpc_addr.port(), 6000);
+        assert_eq!(config.request_timeout, Duration::from_millis(2500));
+        assert_eq!(config.data_sync_queue, "data_sync_test");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let error = load(&[("DATABASE_URL", "mysql://db/users")]).unwrap_err();
+        assert!(error.to_string().contains("database_url"), "{error}");
+        let error = load(&[("DATABASE_URL", "sqlite::memory:")]).unwrap_err();
+        assert!(error.to_string().contains("in-memory"), "{error}");
+        let error = load(&[("SWITCHYARD__REQUEST_TIMEOUT_MS", "0")]).unwrap_err();
+        assert!(error.to_string().contains("request_timeout_ms"), "{error}");
+    }
+
+    #[test]
+    fn passwords_do_not_print() {
+        let config = load(&[("DATABASE_URL", "postgres://app:s3cret@db/users")]).unwrap();
+        assert!(!format!("{config:?}").contains("s3cret"));
+    }
+}

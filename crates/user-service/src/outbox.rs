@@ -1,0 +1,293 @@
+//! The outbox relay: moves committed `data_sync` events from the database to
+//! RabbitMQ.
+//!
+//! Every create, update and delete writes its event to the `outbox` table in
+//! the same transaction as the change (see [`crate::store`]). This task reads
+//! the oldest rows, publishes each as a persistent JSON message to the
+//! `data_sync` queue on a channel in confirm mode, and deletes a row only
+//! after the broker confirmed its message. While RabbitMQ is down the rows
+//! wait and the relay reconnects with exponential backoff.
+//!
+//! Guarantee: **at-least-once after commit**. An event exists exactly when
+//! its change committed and is never dropped; it may be delivered twice (the
+//! process dies between the broker's confirm and the row's deletion, or two
+//! replicas relay the same table), so consumers deduplicate on `event_id`
+//! (also the AMQP `message_id`). Events of one user leave in commit order.
+
+use std::{sync::Arc, time::Duration};
+
+use common::{config::SecretUrl, retry::RetryPolicy};
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties,
+    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable, LongString},
+};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    error::UserError,
+    store::{PendingEvent, UserStore},
+};
+
+/// How long one batch may wait for the broker's confirms before the link
+/// counts as broken.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why relaying stopped for now (the relay reconnects and tries again).
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The connection or channel failed.
+    #[error("rabbitmq error: {0}")]
+    Amqp(#[from] lapin::Error),
+    /// The broker refused to take an event.
+    #[error("rabbitmq nacked event {0}")]
+    Nacked(String),
+    /// No confirm came in time.
+    #[error("no confirm from rabbitmq within {0:?}")]
+    ConfirmTimeout(Duration),
+}
+
+/// Settings of the relay.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// The broker.
+    pub amqp_url: SecretUrl,
+    /// The queue (`data_sync` unless configured otherwise).
+    pub queue: String,
+    /// Look for leftover events this often when no commit wakes the relay.
+    pub poll_interval: Duration,
+    /// Events per database read.
+    pub batch_size: u32,
+}
+
+/// The relay task's state.
+#[derive(Debug)]
+pub struct OutboxRelay {
+    store: UserStore,
+    settings: RelaySettings,
+    wakeup: Arc<Notify>,
+}
+
+impl OutboxRelay {
+    /// A relay for `store`'s outbox, woken early by `wakeup`.
+    pub fn new(store: UserStore, settings: RelaySettings, wakeup: Arc<Notify>) -> Self {
+        OutboxRelay {
+            store,
+            settings,
+            wakeup,
+        }
+    }
+
+    /// Relays until `stop` fires; then publishes what is still pending if the
+    /// broker is reachable, and returns. Whatever is left stays in the
+    /// outbox for the next start.
+    pub async fn run(self, stop: CancellationToken) {
+        let queue = self.settings.queue.as_str();
+        let mut backoff = RetryPolicy::reconnect().backoff();
+        loop {
+            if stop.is_cancelled() {
+                break;
+            }
+            match self.connect().await {
+                Ok(link) => {
+                    tracing::info!(queue, "outbox relay connected to rabbitmq");
+                    backoff = RetryPolicy::reconnect().backoff();
+                    let outcome = self.relay(&link, &stop).await;
+                    // Closing politely lets the broker flush; errors here only
+                    // mean the connection is gone already.
+                    let _ = link
+                        .connection
+                        .close(200, "outbox relay stopping".into())
+                        .await;
+                    match outcome {
+                        Ok(()) => break,
+                        Err(error) => {
+                            tracing::warn!(error = %error, queue, "outbox relay lost rabbitmq, events wait in the outbox");
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, amqp_url = %self.settings.amqp_url, queue, "cannot reach rabbitmq, events wait in the outbox");
+                }
+            }
+            let delay = backoff.next().unwrap_or(RetryPolicy::reconnect().max_delay);
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = stop.cancelled() => break,
+            }
+        }
+        tracing::info!(queue, "outbox relay stopped");
+    }
+
+    async fn connect(&self) -> Result<AmqpLink, lapin::Error> {
+        let connection = Connection::connect(
+            self.settings.amqp_url.expose(),
+            ConnectionProperties::default(),
+        )
+        .await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        // Exactly the seed's declaration (durable, no arguments), so a
+        // seed-style consumer declaring the same queue agrees with us.
+        channel
+            .queue_declare(
+                self.settings.queue.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(AmqpLink {
+            connection,
+            channel,
+        })
+    }
+
+    /// Publishes batches until `stop` (then drains what is pending) or a
+    /// broker error.
+    async fn relay(&self, link: &AmqpLink, stop: &CancellationToken) -> Result<(), RelayError> {
+        let mut stopping = stop.is_cancelled();
+        loop {
+            let batch = match self.store.pending_events(self.settings.batch_size).await {
+                Ok(batch) => batch,
+                Err(error) => {
+                    tracing::warn!(error = %error, "cannot read the outbox");
+                    if stopping {
+                        return Ok(());
+                    }
+                    self.idle(stop).await;
+                    stopping = stop.is_cancelled();
+                    continue;
+                }
+            };
+            self.publish_batch(link, &batch).await?;
+            if batch.len() as u32 == self.settings.batch_size {
+                continue;
+            }
+            if stopping {
+                return Ok(());
+            }
+            self.idle(stop).await;
+            // After the stop signal, one more pass takes the events of the
+            // calls that finished during shutdown.
+            stopping = stop.is_cancelled();
+        }
+    }
+
+    async fn idle(&self, stop: &CancellationToken) {
+        tokio::select! {
+            () = self.wakeup.notified() => {}
+            () = tokio::time::sleep(self.settings.poll_interval) => {}
+            () = stop.cancelled() => {}
+        }
+    }
+
+    /// Publishes every event of `batch` (pipelined), waits for the confirms
+    /// in order, and deletes the confirmed rows.
+    async fn publish_batch(
+        &self,
+        link: &AmqpLink,
+        batch: &[PendingEvent],
+    ) -> Result<(), RelayError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let queue = self.settings.queue.as_str();
+        let mut confirms = Vec::with_capacity(batch.len());
+        for event in batch {
+            let confirm = link
+                .channel
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    event.payload.as_bytes(),
+                    properties(event),
+                )
+                .await?;
+            confirms.push((event, confirm));
+        }
+        for (event, confirm) in confirms {
+            let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
+                .await
+                .map_err(|_| RelayError::ConfirmTimeout(CONFIRM_TIMEOUT))??;
+            if !confirmation.is_ack() {
+                return Err(RelayError::Nacked(event.event_id.clone()));
+            }
+            metrics::counter!("messages_published_total", "queue" => queue.to_string())
+                .increment(1);
+            tracing::debug!(event_id = %event.event_id, event = %event.event, queue, "event published");
+            if let Err(error) = self.remove(event).await {
+                // The row stays and is sent again later: a duplicate, never a loss.
+                tracing::warn!(error = %error, event_id = %event.event_id, "cannot delete a published event from the outbox");
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, event: &PendingEvent) -> Result<(), UserError> {
+        self.store.remove_event(event.id).await
+    }
+}
+
+/// A connection and its confirm-mode channel.
+#[derive(Debug)]
+struct AmqpLink {
+    connection: Connection,
+    channel: Channel,
+}
+
+/// Persistent JSON, `message_id` = `event_id`, the event kind as `type`,
+/// and the originating request's `traceparent` in the headers.
+fn properties(event: &PendingEvent) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    if let Some(traceparent) = &event.traceparent {
+        headers.insert(
+            common::propagation::TRACEPARENT.into(),
+            AMQPValue::LongString(LongString::from(traceparent.clone())),
+        );
+    }
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_message_id(event.event_id.as_str().into())
+        .with_type(event.event.as_str().into())
+        .with_headers(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_persistent_json_with_the_event_id_and_the_trace() {
+        let event = PendingEvent {
+            id: 1,
+            event_id: "5f0c".into(),
+            event: "user_created".into(),
+            payload: "{}".into(),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        };
+        let properties = properties(&event);
+        assert_eq!(properties.delivery_mode(), &Some(2));
+        assert_eq!(
+            properties.content_type().as_ref().map(|c| c.as_str()),
+            Some("application/json")
+        );
+        assert_eq!(
+            properties.message_id().as_ref().map(|id| id.as_str()),
+            Some("5f0c")
+        );
+        let headers = properties.headers().as_ref().unwrap();
+        let traceparent = common::propagation::extract_amqp(Some(headers));
+        assert_eq!(
+            common::propagation::trace_id(&traceparent),
+            "0af7651916cd43dd8448eb211c80319c"
+        );
+    }
+}

@@ -1,0 +1,486 @@
+//! Storage: users and the event outbox in SQLite or PostgreSQL, through sqlx.
+//!
+//! One code path serves both databases: an [`AnyPool`] with `$n`
+//! placeholders (SQLite understands them too). The schema differs only in
+//! details (auto-increment, collation), so each backend has its own
+//! migrations directory, embedded at build time and run at start.
+//!
+//! - `sqlite://path/to/users.db`: the file and its directory are created
+//!   when missing (`mode=rwc` is added unless the URL sets a mode). The pool
+//!   keeps sqlx's SQLite defaults: WAL journal, 5 s busy timeout.
+//! - `postgres://user@host:5432/db` (or `postgresql://`).
+//!
+//! Every write changes the user and appends its `data_sync` event to the
+//! `outbox` table in one transaction, so an event exists exactly when its
+//! change was committed.
+
+use std::{path::Path, time::Duration};
+
+use common::config::SecretUrl;
+use sqlx::{
+    AnyPool, Row,
+    any::{AnyPoolOptions, AnyRow},
+    migrate::Migrator,
+};
+
+use crate::{
+    domain::{PageRequest, User, UserFields},
+    error::UserError,
+    events::DataSyncEvent,
+};
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+
+const USER_COLUMNS: &str = "id, name, age, email, created_at, updated_at";
+
+/// Which database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// An embedded SQLite file.
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend of a `DATABASE_URL`, from its scheme.
+    pub fn of(url: &SecretUrl) -> Result<Self, StoreError> {
+        // `sqlite:path` (no `//`) is valid too.
+        let scheme = url
+            .expose()
+            .split_once(':')
+            .map(|(scheme, _)| scheme.to_ascii_lowercase())
+            .unwrap_or_default();
+        match scheme.as_str() {
+            "sqlite" => Ok(Backend::Sqlite),
+            "postgres" | "postgresql" => Ok(Backend::Postgres),
+            other => Err(StoreError::UnsupportedScheme(other.to_string())),
+        }
+    }
+}
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The URL is neither `sqlite://` nor `postgres://`.
+    #[error("unsupported database url scheme {0:?}: expected sqlite or postgres")]
+    UnsupportedScheme(String),
+    /// The directory of the SQLite file cannot be created.
+    #[error("cannot create the database directory {path}: {source}")]
+    CreateDir {
+        /// The directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Connecting failed.
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[source] sqlx::Error),
+    /// A migration failed.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Pool tuning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Upper bound of open connections.
+    pub max_connections: u32,
+    /// How long a query waits for a free (or new) connection before the
+    /// database counts as unavailable.
+    pub acquire_timeout: Duration,
+}
+
+/// An event waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingEvent {
+    /// Outbox row id; increases in commit order per user.
+    pub id: i64,
+    /// The event's UUID (AMQP `message_id`).
+    pub event_id: String,
+    /// The event kind (`user_created`, …).
+    pub event: String,
+    /// The JSON body.
+    pub payload: String,
+    /// W3C `traceparent` of the request that made the change, if it was traced.
+    pub traceparent: Option<String>,
+}
+
+/// The users table and its outbox. Cheap to clone (the pool is shared).
+#[derive(Debug, Clone)]
+pub struct UserStore {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl UserStore {
+    /// Opens a pool on `url` (creating a SQLite file and its directory when
+    /// missing) and checks that one connection works.
+    pub async fn connect(url: &SecretUrl, settings: PoolSettings) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::of(url)?;
+        let connect_url = match backend {
+            Backend::Sqlite => prepare_sqlite_url(url.expose())?,
+            Backend::Postgres => url.expose().to_string(),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout)
+            .connect(&connect_url)
+            .await
+            .map_err(StoreError::Connect)?;
+        Ok(UserStore { pool, backend })
+    }
+
+    /// Brings the schema up to date (idempotent; PostgreSQL serializes
+    /// concurrent replicas with an advisory lock).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let migrator = match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The database behind this store.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Closes every connection; later queries fail as unavailable.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// The user with this id, if any.
+    pub async fn get(&self, id: &str) -> Result<Option<User>, UserError> {
+        let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| self.classify(e))?;
+        row.map(|row| user_from_row(&row)).transpose()
+    }
+
+    /// Inserts `user` and queues `event`; `AlreadyExists` when the id is taken.
+    pub async fn insert(
+        &self,
+        user: &User,
+        event: &DataSyncEvent,
+        traceparent: Option<&str>,
+    ) -> Result<(), UserError> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.classify(e))?;
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO users ({USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
+        ))
+        .bind(&user.id)
+        .bind(&user.name)
+        .bind(user.age)
+        .bind(&user.email)
+        .bind(user.created_at)
+        .bind(user.updated_at)
+        .execute(&mut *tx)
+        .await;
+        match inserted {
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(UserError::AlreadyExists(user.id.clone()));
+            }
+            other => other.map_err(|e| self.classify(e))?,
+        };
+        self.append_event(&mut tx, event, traceparent).await?;
+        tx.commit().await.map_err(|e| self.classify(e))
+    }
+
+    /// Replaces the fields of user `id` and queues the event `event_for`
+    /// builds from the result; `NotFound` when there is no such user.
+    pub async fn update(
+        &self,
+        id: &str,
+        fields: &UserFields,
+        updated_at: i64,
+        event_for: impl FnOnce(&User) -> DataSyncEvent,
+        traceparent: Option<&str>,
+    ) -> Result<User, UserError> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.classify(e))?;
+        let row = sqlx::query(&format!(
+            "UPDATE users SET name = $2, age = $3, email = $4, updated_at = $5 \
+             WHERE id = $1 RETURNING {USER_COLUMNS}"
+        ))
+        .bind(id)
+        .bind(&fields.name)
+        .bind(fields.age)
+        .bind(&fields.email)
+        .bind(updated_at)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| self.classify(e))?;
+        // Dropping the transaction rolls it back.
+        let Some(row) = row else {
+            return Err(UserError::NotFound(id.to_string()));
+        };
+        let user = user_from_row(&row)?;
+        self.append_event(&mut tx, &event_for(&user), traceparent)
+            .await?;
+        tx.commit().await.map_err(|e| self.classify(e))?;
+        Ok(user)
+    }
+
+    /// Deletes user `id` and queues `event`; `NotFound` when there is no such user.
+    pub async fn delete(
+        &self,
+        id: &str,
+        event: &DataSyncEvent,
+        traceparent: Option<&str>,
+    ) -> Result<(), UserError> {
+        let mut tx = self.pool.begin().await.map_err(|e| self.classify(e))?;
+        let deleted = sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| self.classify(e))?;
+        if deleted.rows_affected() == 0 {
+            return Err(UserError::NotFound(id.to_string()));
+        }
+        self.append_event(&mut tx, event, traceparent).await?;
+        tx.commit().await.map_err(|e| self.classify(e))
+    }
+
+    /// Users ordered by id after `page.after`, at most `page.size`, and
+    /// whether more follow.
+    pub async fn list(&self, page: &PageRequest) -> Result<(Vec<User>, bool), UserError> {
+        // One extra row tells whether there is a next page.
+        let rows = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE id > $1 ORDER BY id LIMIT $2"
+        ))
+        .bind(page.after.as_deref().unwrap_or(""))
+        .bind(i64::from(page.size) + 1)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.classify(e))?;
+        let more = rows.len() > page.size as usize;
+        let users = rows
+            .iter()
+            .take(page.size as usize)
+            .map(user_from_row)
+            .collect::<Result<_, _>>()?;
+        Ok((users, more))
+    }
+
+    /// The oldest `limit` events not yet confirmed by the broker.
+    pub async fn pending_events(&self, limit: u32) -> Result<Vec<PendingEvent>, UserError> {
+        let rows = sqlx::query(
+            "SELECT id, event_id, event, payload, traceparent FROM outbox ORDER BY id LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.classify(e))?;
+        rows.iter()
+            .map(|row| {
+                Ok(PendingEvent {
+                    id: row.try_get("id")?,
+                    event_id: row.try_get("event_id")?,
+                    event: row.try_get("event")?,
+                    payload: row.try_get("payload")?,
+                    traceparent: row.try_get("traceparent")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(|e| self.classify(e))
+    }
+
+    /// Removes an event the broker confirmed.
+    pub async fn remove_event(&self, id: i64) -> Result<(), UserError> {
+        sqlx::query("DELETE FROM outbox WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.classify(e))?;
+        Ok(())
+    }
+
+    /// Events still waiting for the broker.
+    pub async fn pending_count(&self) -> Result<i64, UserError> {
+        sqlx::query("SELECT COUNT(*) AS pending FROM outbox")
+            .fetch_one(&self.pool)
+            .await
+            .and_then(|row| row.try_get("pending"))
+            .map_err(|e| self.classify(e))
+    }
+
+    async fn append_event(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        event: &DataSyncEvent,
+        traceparent: Option<&str>,
+    ) -> Result<(), UserError> {
+        sqlx::query(
+            "INSERT INTO outbox (event_id, event, payload, traceparent, created_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&event.event_id)
+        .bind(event.event.as_str())
+        .bind(event.to_json())
+        .bind(traceparent)
+        .bind(event.occurred_at)
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| self.classify(e))?;
+        Ok(())
+    }
+
+    /// Sorts a database error into "try again later" (the database is down,
+    /// busy or overloaded) and "our fault" (everything else).
+    fn classify(&self, error: sqlx::Error) -> UserError {
+        let unavailable = match &error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db
+                .code()
+                .is_some_and(|code| is_transient_code(self.backend, &code)),
+            _ => false,
+        };
+        if unavailable {
+            tracing::warn!(error = %error, "database unavailable");
+            UserError::Unavailable(format!("database unavailable: {error}"))
+        } else {
+            UserError::Internal(format!("database error: {error}"))
+        }
+    }
+}
+
+/// Database error codes that mean "the database cannot serve now", not "the
+/// query is wrong".
+fn is_transient_code(backend: Backend, code: &str) -> bool {
+    match backend {
+        // SQLSTATE classes: 08 connection exception, 53 insufficient
+        // resources, 57 operator intervention (shutdown), 40 serialization
+        // failure or deadlock; 3D000: the database does not exist (yet).
+        Backend::Postgres => {
+            ["08", "53", "57", "40"].iter().any(|c| code.starts_with(c)) || code == "3D000"
+        }
+        // Extended result codes; the primary code is the low byte:
+        // 5 BUSY, 6 LOCKED, 10 IOERR, 13 FULL, 14 CANTOPEN.
+        Backend::Sqlite => code
+            .parse::<i32>()
+            .is_ok_and(|code| matches!(code & 0xff, 5 | 6 | 10 | 13 | 14)),
+    }
+}
+
+fn user_from_row(row: &AnyRow) -> Result<User, UserError> {
+    let read = || -> Result<User, sqlx::Error> {
+        Ok(User {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            age: row.try_get("age")?,
+            email: row.try_get("email")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        })
+    };
+    read().map_err(|e| UserError::Internal(format!("cannot read a user row: {e}")))
+}
+
+/// Creates the SQLite file's directory and makes sure the file is created
+/// when missing; returns the URL to connect with.
+fn prepare_sqlite_url(url: &str) -> Result<String, StoreError> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if let Some(dir) = Path::new(path)
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+    }
+    let has_mode = query.split('&').any(|param| param.starts_with("mode="));
+    Ok(match (has_mode, query.is_empty()) {
+        (true, _) => url.to_string(),
+        (false, true) => format!("{url}?mode=rwc"),
+        (false, false) => format!("{url}&mode=rwc"),
+    })
+}
+
+/// The SQLite file a `sqlite://` URL names, or `None` for an in-memory database.
+pub fn sqlite_path(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let in_memory = path.is_empty() || path == ":memory:" || query.contains("mode=memory");
+    (!in_memory).then_some(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_get_create_mode_unless_they_set_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = format!("sqlite://{}/nested/users.db", dir.path().display());
+        assert_eq!(
+            prepare_sqlite_url(&base).unwrap(),
+            format!("{base}?mode=rwc")
+        );
+        assert!(dir.path().join("nested").is_dir(), "directory created");
+        let with_mode = format!("{base}?mode=ro");
+        assert_eq!(prepare_sqlite_url(&with_mode).unwrap(), with_mode);
+        let other = format!("{base}?cache=shared");
+        assert_eq!(
+            prepare_sqlite_url(&other).unwrap(),
+            format!("{other}&mode=rwc")
+        );
+    }
+
+    #[test]
+    fn sqlite_paths_and_memory_databases() {
+        assert_eq!(
+            sqlite_path("sqlite://data/users.db?mode=rwc"),
+            Some("data/users.db")
+        );
+        assert_eq!(sqlite_path("sqlite:///tmp/u.db"), Some("/tmp/u.db"));
+        assert_eq!(sqlite_path("sqlite::memory:"), None);
+        assert_eq!(sqlite_path("sqlite://x.db?mode=memory"), None);
+        assert_eq!(sqlite_path("postgres://h/db"), None);
+    }
+
+    #[test]
+    fn backends_follow_the_scheme() {
+        assert_eq!(
+            Backend::of(&"sqlite://a.db".into()).unwrap(),
+            Backend::Sqlite
+        );
+        assert_eq!(
+            Backend::of(&"postgres://h/db".into()).unwrap(),
+            Backend::Postgres
+        );
+        assert_eq!(
+            Backend::of(&"postgresql://h/db".into()).unwrap(),
+            Backend::Postgres
+        );
+        assert!(Backend::of(&"mysql://h/db".into()).is_err());
+    }
+
+    #[test]
+    fn transient_codes() {
+        assert!(is_transient_code(Backend::Postgres, "08006"));
+        assert!(is_transient_code(Backend::Postgres, "57P01"));
+        assert!(is_transient_code(Backend::Postgres, "40001"));
+        assert!(!is_transient_code(Backend::Postgres, "42P01"));
+        assert!(is_transient_code(Backend::Sqlite, "5"));
+        assert!(is_transient_code(Backend::Sqlite, "517"));
+        assert!(!is_transient_code(Backend::Sqlite, "2067"));
+    }
+}

@@ -1,0 +1,10 @@
+//! Integration tests of user-service: the real service in-process on port 0,
+//! against the machine's PostgreSQL and RabbitMQ, or a temp SQLite file.
+
+mod deadline;
+mod events;
+mod grpc;
+mod health;
+mod helpers;
+mod http;
+mod reflection;
