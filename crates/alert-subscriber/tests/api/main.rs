@@ -453,3 +453,55 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     stream.read_to_string(&mut response).await.unwrap();
     response
 }
+
+#[tokio::test]
+async fn a_stalled_subscriber_applies_backpressure_and_reports_slow_consumer_drops() {
+    // Arrange: RabbitMQ unreachable, a one-alert hand-off buffer and a tiny
+    // subscription buffer: intake stalls, and the NATS client must drop.
+    let env = TestEnv::on(
+        &helpers::nats_url(),
+        &format!("amqp://guest:guest@127.0.0.1:{}/%2f", helpers::free_port()),
+    );
+    let mut config = env.config();
+    config.handoff_buffer = 1;
+    config.subscription_capacity = 16;
+    config.publish_timeout_ms = Duration::from_millis(200);
+    config.drain_grace_ms = Duration::from_millis(500);
+    let instance = TestAlert::start(config).await;
+    let client = env.nats().await;
+
+    // Act
+    for i in 0..2000 {
+        publish(
+            &client,
+            &env.readings,
+            &reading(&format!("slow-{i:04}"), 45.0, 1),
+            Some(ContentType::Protobuf),
+        )
+        .await;
+    }
+    client.flush().await.unwrap();
+
+    // Assert
+    let metrics = eventually(
+        "slow-consumer drops reported",
+        Duration::from_secs(30),
+        || async {
+            let metrics = http_get(instance.ops_addr, "/metrics").await;
+            metrics
+                .contains(r#"messages_dropped_total{reason="slow_consumer"}"#)
+                .then_some(metrics)
+        },
+    )
+    .await;
+    assert!(metrics.contains("alerts_pending_handoff"), "{metrics}");
+    assert!(
+        instance.received() < 2000,
+        "intake is bounded, not an unbounded queue"
+    );
+    let summary = instance.stop().await;
+    assert!(
+        summary.pending > 0,
+        "alerts still held for rabbitmq at shutdown"
+    );
+}
