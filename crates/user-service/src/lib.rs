@@ -13,10 +13,12 @@
 //! - [`directory`]: the operations both protocols share.
 //! - [`store`]: sqlx storage and migrations; [`outbox`]: the event relay;
 //!   [`events`]: the `data_sync` message format.
+//! - [`client`]: [`client::UserClient`] with deadline, retries, breaker.
 //! - [`grpc`]: the tonic service; [`call_layer`]: tracing, deadlines and
 //!   metrics around every call; [`http`]: the JSON gateway.
 
 pub mod call_layer;
+pub mod client;
 pub mod config;
 pub mod directory;
 pub mod domain;

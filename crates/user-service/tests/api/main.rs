@@ -1,6 +1,8 @@
 //! Integration tests of user-service: the real service in-process on port 0,
 //! against the machine's PostgreSQL and RabbitMQ, or a temp SQLite file.
 
+mod cli;
+mod client;
 mod deadline;
 mod events;
 mod grpc;

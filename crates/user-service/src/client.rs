@@ -1,0 +1,459 @@
+//! The resilient client of `user.v1.UserService` (task-worker and user-cli use it).
+//!
+//! - **One channel**, created lazily and shared by every clone: connecting
+//!   never fails because the server is down; the first call connects, and
+//!   tonic reconnects after a broken connection.
+//! - **One deadline per logical call** (`ClientConfig::timeout`): every
+//!   attempt and every backoff sleep fit inside it. Each attempt sends the
+//!   time left as `grpc-timeout`, so the server stops working when the
+//!   caller has stopped waiting.
+//! - **Retries only where safe**: `UNAVAILABLE` for every call (the server
+//!   or its database is down, nothing was done), `DEADLINE_EXCEEDED` only
+//!   for reads (Get, List), with [`RetryPolicy`]'s exponential backoff and
+//!   full jitter. A write retried after an ambiguous `UNAVAILABLE` may find
+//!   its own first attempt done (`ALREADY_EXISTS` on a create, `NOT_FOUND`
+//!   on a delete).
+//! - **A circuit breaker** (named `user-service`): every attempt asks it
+//!   first; while open, calls fail with [`ClientError::BreakerOpen`] at once,
+//!   without touching the network. Only outages count as failures
+//!   (`UNAVAILABLE`, `DEADLINE_EXCEEDED`, `INTERNAL`, `UNKNOWN`, `DATA_LOSS`);
+//!   `NOT_FOUND` and `INVALID_ARGUMENT` are answers, not outages.
+//! - **Trace propagation**: the current span's `traceparent` goes into each
+//!   attempt's metadata.
+
+use std::{
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use common::{
+    circuit_breaker::{BreakerConfig, BreakerOpen, CircuitBreaker},
+    proto::user::v1::{
+        CreateUserRequest, DeleteUserRequest, GetUserRequest, GetUserResponse, ListUsersRequest,
+        ListUsersResponse, UpdateUserRequest, user_service_client::UserServiceClient,
+    },
+    retry::{RetryPolicy, Retryable},
+};
+use tokio::time::Instant;
+use tonic::{
+    Code, Status,
+    transport::{Channel, Endpoint},
+};
+use tracing::Instrument;
+
+/// The breaker's name (the `circuit_breaker_state{name}` label).
+pub const BREAKER_NAME: &str = "user-service";
+
+/// How to reach user-service and how patient to be.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `USER_SERVICE_URL`, e.g. `http://127.0.0.1:50051` (`http://` is
+    /// assumed when the scheme is missing).
+    pub url: String,
+    /// Overall deadline of one logical call, every retry inside it.
+    pub timeout: Duration,
+    /// Backoff between attempts.
+    pub retry: RetryPolicy,
+    /// When to stop calling a failing server for a while.
+    pub breaker: BreakerConfig,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            url: "http://127.0.0.1:50051".to_string(),
+            timeout: Duration::from_secs(2),
+            retry: RetryPolicy::rpc(),
+            breaker: BreakerConfig::default(),
+        }
+    }
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No such user.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The request was invalid; the message names the field.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The user exists already.
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    /// The server (or its database) could not be reached, after retries.
+    #[error("user-service unavailable: {0}")]
+    Unavailable(String),
+    /// The call's deadline passed.
+    #[error("deadline exceeded: {0}")]
+    DeadlineExceeded(String),
+    /// The breaker is open: nothing was sent.
+    #[error(transparent)]
+    BreakerOpen(BreakerOpen),
+    /// Any other status from the server.
+    #[error("user-service error: {0}")]
+    Other(Status),
+    /// `ClientConfig::url` is not a usable URL.
+    #[error("invalid user-service url: {0}")]
+    InvalidUrl(String),
+}
+
+impl ClientError {
+    /// Failures that no retry can fix: the request itself is wrong.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            ClientError::NotFound(_)
+                | ClientError::InvalidArgument(_)
+                | ClientError::AlreadyExists(_)
+                | ClientError::InvalidUrl(_)
+        )
+    }
+
+    /// Failures that are the server's fault, which count against the breaker.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            ClientError::Unavailable(_) | ClientError::DeadlineExceeded(_) => true,
+            ClientError::Other(status) => {
+                matches!(
+                    status.code(),
+                    Code::Internal | Code::Unknown | Code::DataLoss
+                )
+            }
+            _ => false,
+        }
+    }
+
+    fn from_status(status: Status) -> Self {
+        let message = status.message().to_string();
+        match status.code() {
+            Code::NotFound => ClientError::NotFound(message),
+            Code::InvalidArgument => ClientError::InvalidArgument(message),
+            Code::AlreadyExists => ClientError::AlreadyExists(message),
+            Code::Unavailable => ClientError::Unavailable(message),
+            Code::DeadlineExceeded => ClientError::DeadlineExceeded(message),
+            // tonic's channel reports its own expiry of `grpc-timeout` as CANCELLED.
+            Code::Cancelled if expired_locally(&status) => ClientError::DeadlineExceeded(message),
+            _ => ClientError::Other(status),
+        }
+    }
+}
+
+impl Retryable for ClientError {
+    fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Unavailable(_) | ClientError::DeadlineExceeded(_)
+        )
+    }
+}
+
+/// One attempt's error, with what the call may retry.
+#[derive(Debug)]
+struct AttemptError {
+    error: ClientError,
+    /// Reads may also retry DEADLINE_EXCEEDED; writes only UNAVAILABLE.
+    read: bool,
+}
+
+impl std::fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl Retryable for AttemptError {
+    fn is_retryable(&self) -> bool {
+        match &self.error {
+            ClientError::Unavailable(_) => true,
+            ClientError::DeadlineExceeded(_) => self.read,
+            _ => false,
+        }
+    }
+}
+
+/// A user-service client. Clones share one channel and one breaker.
+#[derive(Debug, Clone)]
+pub struct UserClient {
+    grpc: UserServiceClient<Channel>,
+    timeout: Duration,
+    retry: RetryPolicy,
+    breaker: Arc<CircuitBreaker>,
+}
+
+impl UserClient {
+    /// A client whose channel connects on first use: it never fails because
+    /// the server is down, only when the URL is unusable. Must be called
+    /// inside a tokio runtime.
+    pub fn connect_lazy(config: ClientConfig) -> Result<Self, ClientError> {
+        let url = if config.url.contains("://") {
+            config.url.clone()
+        } else {
+            format!("http://{}", config.url)
+        };
+        if !url.starts_with("http://") {
+            return Err(ClientError::InvalidUrl(format!(
+                "{url}: only http:// is supported (this build has no TLS; terminate TLS in the mesh or a proxy)"
+            )));
+        }
+        let endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|e| ClientError::InvalidUrl(format!("{url}: {e}")))?
+            .connect_timeout(config.timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true);
+        Ok(UserClient {
+            grpc: UserServiceClient::new(endpoint.connect_lazy()),
+            timeout: config.timeout,
+            retry: config.retry,
+            breaker: Arc::new(CircuitBreaker::new(BREAKER_NAME, config.breaker)),
+        })
+    }
+
+    /// The breaker, to watch its state or wait until it lets calls through.
+    pub fn breaker(&self) -> Arc<CircuitBreaker> {
+        self.breaker.clone()
+    }
+
+    /// The user with this id.
+    pub async fn get_user(&self, user_id: &str) -> Result<GetUserResponse, ClientError> {
+        let request = GetUserRequest {
+            user_id: user_id.to_string(),
+        };
+        self.call("GetUser", true, move |mut grpc, request_timeout| {
+            let request = with_deadline(request.clone(), request_timeout);
+            async move { grpc.get_user(request).await }
+        })
+        .await
+    }
+
+    /// Creates a user.
+    pub async fn create_user(
+        &self,
+        request: CreateUserRequest,
+    ) -> Result<GetUserResponse, ClientError> {
+        self.call("CreateUser", false, move |mut grpc, request_timeout| {
+            let request = with_deadline(request.clone(), request_timeout);
+            async move { grpc.create_user(request).await }
+        })
+        .await
+    }
+
+    /// Replaces a user's name, age and email.
+    pub async fn update_user(
+        &self,
+        request: UpdateUserRequest,
+    ) -> Result<GetUserResponse, ClientError> {
+        self.call("UpdateUser", false, move |mut grpc, request_timeout| {
+            let request = with_deadline(request.clone(), request_timeout);
+            async move { grpc.update_user(request).await }
+        })
+        .await
+    }
+
+    /// Deletes a user.
+    pub async fn delete_user(&self, user_id: &str) -> Result<(), ClientError> {
+        let request = DeleteUserRequest {
+            user_id: user_id.to_string(),
+        };
+        self.call("DeleteUser", false, move |mut grpc, request_timeout| {
+            let request = with_deadline(request.clone(), request_timeout);
+            async move { grpc.delete_user(request).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// A page of users ordered by id (`page_size` 0: the server's default;
+    /// `page_token` empty: the first page).
+    pub async fn list_users(
+        &self,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<ListUsersResponse, ClientError> {
+        let request = ListUsersRequest {
+            page_size,
+            page_token: page_token.to_string(),
+        };
+        self.call("ListUsers", true, move |mut grpc, request_timeout| {
+            let request = with_deadline(request.clone(), request_timeout);
+            async move { grpc.list_users(request).await }
+        })
+        .await
+    }
+
+    /// Runs one logical call: attempts through the breaker, retries with
+    /// backoff, all inside the overall deadline.
+    async fn call<T, F, Fut>(
+        &self,
+        method: &'static str,
+        read: bool,
+        attempt: F,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(UserServiceClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let span = tracing::info_span!(
+            "user-service call",
+            rpc.method = method,
+            otel.kind = "client"
+        );
+        let deadline = Instant::now() + self.timeout;
+        let last_error: Mutex<Option<String>> = Mutex::new(None);
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let (attempt, last_error_ref, attempts_ref) = (&attempt, &last_error, &attempts);
+        let operation = move || async move {
+            attempts_ref.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let outcome = self.attempt(deadline, attempt).await;
+            if let Err(error) = &outcome {
+                *last_error_ref.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_string());
+            }
+            outcome.map_err(|error| AttemptError { error, read })
+        };
+        let retried = tokio::time::timeout_at(deadline, self.retry.retry(operation));
+        match retried.instrument(span).await {
+            Ok(outcome) => outcome.map_err(|attempt| attempt.error),
+            Err(_elapsed) => {
+                let last = last_error
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take()
+                    .unwrap_or_else(|| "no answer".to_string());
+                Err(ClientError::DeadlineExceeded(format!(
+                    "{method} gave up after {} ms and {} attempt(s); last error: {last}",
+                    self.timeout.as_millis(),
+                    attempts.load(std::sync::atomic::Ordering::Relaxed)
+                )))
+            }
+        }
+    }
+
+    /// One attempt: ask the breaker, send with the time left, report back.
+    async fn attempt<T, F, Fut>(&self, deadline: Instant, attempt: &F) -> Result<T, ClientError>
+    where
+        F: Fn(UserServiceClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ClientError::DeadlineExceeded(
+                "no time left for another attempt".into(),
+            ));
+        }
+        let permit = self
+            .breaker
+            .try_acquire()
+            .map_err(ClientError::BreakerOpen)?;
+        let outcome = match tokio::time::timeout(left, attempt(self.grpc.clone(), left)).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(ClientError::from_status(status)),
+            Err(_elapsed) => Err(ClientError::DeadlineExceeded(format!(
+                "no answer within {} ms",
+                left.as_millis()
+            ))),
+        };
+        match &outcome {
+            Err(error) if error.is_outage() => permit.failure(),
+            _ => permit.success(),
+        }
+        outcome
+    }
+}
+
+/// A request carrying the time left as `grpc-timeout` and the current
+/// trace context as `traceparent`.
+fn with_deadline<M>(message: M, left: Duration) -> tonic::Request<M> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(left);
+    common::propagation::inject_grpc(request.metadata_mut());
+    request
+}
+
+/// Whether a CANCELLED status is tonic's own deadline timer firing.
+fn expired_locally(status: &Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(error) = source {
+        if error.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_matches_the_contract() {
+        let permanent = [
+            ClientError::NotFound("x".into()),
+            ClientError::InvalidArgument("x".into()),
+            ClientError::AlreadyExists("x".into()),
+            ClientError::InvalidUrl("x".into()),
+        ];
+        for error in &permanent {
+            assert!(error.is_permanent(), "{error}");
+            assert!(!error.is_retryable(), "{error}");
+            assert!(!error.is_outage(), "{error}");
+        }
+        for error in [
+            ClientError::Unavailable("x".into()),
+            ClientError::DeadlineExceeded("x".into()),
+        ] {
+            assert!(error.is_retryable() && error.is_outage() && !error.is_permanent());
+        }
+        assert!(ClientError::Other(Status::internal("boom")).is_outage());
+        assert!(!ClientError::Other(Status::permission_denied("no")).is_outage());
+    }
+
+    #[test]
+    fn writes_retry_only_unavailable() {
+        let write = |error| AttemptError { error, read: false };
+        let read = |error| AttemptError { error, read: true };
+        assert!(write(ClientError::Unavailable("x".into())).is_retryable());
+        assert!(!write(ClientError::DeadlineExceeded("x".into())).is_retryable());
+        assert!(read(ClientError::DeadlineExceeded("x".into())).is_retryable());
+        assert!(!read(ClientError::NotFound("x".into())).is_retryable());
+    }
+
+    #[test]
+    fn statuses_map_to_variants() {
+        assert!(matches!(
+            ClientError::from_status(Status::not_found("u")),
+            ClientError::NotFound(_)
+        ));
+        assert!(matches!(
+            ClientError::from_status(Status::unavailable("down")),
+            ClientError::Unavailable(_)
+        ));
+        assert!(matches!(
+            ClientError::from_status(Status::cancelled("by the caller")),
+            ClientError::Other(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn urls_without_a_scheme_get_http_and_https_is_refused() {
+        assert!(
+            UserClient::connect_lazy(ClientConfig {
+                url: "127.0.0.1:50051".into(),
+                ..ClientConfig::default()
+            })
+            .is_ok()
+        );
+        let https = UserClient::connect_lazy(ClientConfig {
+            url: "https://users.example.com".into(),
+            ..ClientConfig::default()
+        });
+        assert!(matches!(https, Err(ClientError::InvalidUrl(_))));
+        let garbage = UserClient::connect_lazy(ClientConfig {
+            url: "http://exa mple".into(),
+            ..ClientConfig::default()
+        });
+        assert!(matches!(garbage, Err(ClientError::InvalidUrl(_))));
+    }
+}
