@@ -39,9 +39,10 @@ use common::{
     proto::sensor::v1::SensorReading,
     retry::RetryPolicy,
 };
+use futures::{StreamExt as _, stream::FuturesUnordered};
 use metrics::Counter;
 use rand::Rng;
-use tokio::task::JoinSet;
+use tokio::{sync::mpsc, task::JoinHandle};
 
 /// What happened to the readings so far; shared with the ops side and tests.
 #[derive(Debug, Default)]
@@ -115,9 +116,45 @@ pub struct ReadingPublisher {
     codec: Codec,
     counts: Arc<PublishCounts>,
     published_metric: Counter,
-    /// Tasks waiting for PubAcks (and retrying); bounded by the context's
-    /// in-flight window, since each holds one of its permits.
-    confirmations: JoinSet<()>,
+    /// Hands each sent reading's PubAck to the confirmer task (JetStream).
+    confirmer: Option<Confirmer>,
+}
+
+/// A boxed wait for one reading's PubAck, retries included.
+type PendingAck = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// One task that awaits every outstanding PubAck at once. Cheaper than a task
+/// per reading, and bounded by the context's in-flight window: each pending
+/// PubAck holds one of its permits.
+#[derive(Debug)]
+struct Confirmer {
+    pending: mpsc::UnboundedSender<PendingAck>,
+    outstanding: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl Confirmer {
+    fn start() -> Self {
+        let (pending, mut receiver) = mpsc::unbounded_channel::<PendingAck>();
+        let task = tokio::spawn(async move {
+            let mut waiting = FuturesUnordered::new();
+            loop {
+                tokio::select! {
+                    next = receiver.recv() => match next {
+                        Some(ack) => waiting.push(ack),
+                        None => break,
+                    },
+                    Some(()) = waiting.next(), if !waiting.is_empty() => {}
+                }
+            }
+            while waiting.next().await.is_some() {}
+        });
+        Confirmer {
+            pending,
+            outstanding: Arc::default(),
+            task,
+        }
+    }
 }
 
 impl ReadingPublisher {
@@ -142,7 +179,9 @@ impl ReadingPublisher {
             // Wait for a free slot instead of failing: the window is the backpressure.
             .backpressure_on_inflight(true)
             .build(client.clone());
-        Self::new(client, Some(context), settings, counts)
+        let mut publisher = Self::new(client, Some(context), settings, counts);
+        publisher.confirmer = Some(Confirmer::start());
+        publisher
     }
 
     fn new(
@@ -162,7 +201,7 @@ impl ReadingPublisher {
             codec: Codec::default(),
             counts,
             published_metric,
-            confirmations: JoinSet::new(),
+            confirmer: None,
         }
     }
 
@@ -222,7 +261,6 @@ impl ReadingPublisher {
         headers: HeaderMap,
         payload: Bytes,
     ) {
-        while self.confirmations.try_join_next().is_some() {}
         let message = OutgoingReading {
             subject,
             headers,
@@ -233,6 +271,9 @@ impl ReadingPublisher {
         let first = context
             .send_publish(message.subject.clone(), message.build())
             .await;
+        let Some(confirmer) = &self.confirmer else {
+            return;
+        };
         let confirmation = Confirmation {
             context,
             message,
@@ -240,25 +281,46 @@ impl ReadingPublisher {
             published_metric: self.published_metric.clone(),
             max_attempts: self.settings.max_publish_attempts,
         };
-        self.confirmations.spawn(confirmation.run(first));
+        let outstanding = confirmer.outstanding.clone();
+        outstanding.fetch_add(1, Ordering::Relaxed);
+        let wait = async move {
+            confirmation.run(first).await;
+            outstanding.fetch_sub(1, Ordering::Relaxed);
+        };
+        if confirmer.pending.send(Box::pin(wait)).is_err() {
+            // Only if the confirmer died; the reading's fate is unknown.
+            tracing::error!("pubacks can no longer be awaited");
+            unsent(&self.counts, "confirmer_gone");
+        }
     }
 
     /// Waits for every outstanding PubAck (JetStream) or flushes the client
     /// (core), at most `grace`.
     pub async fn finish(&mut self, grace: Duration) {
+        let confirmer = self.confirmer.take();
+        let client = self.client.clone();
+        let outstanding = confirmer
+            .as_ref()
+            .map(|confirmer| confirmer.outstanding.clone());
+        let mut task = confirmer.map(|Confirmer { task, .. }| task);
         let drain = async {
-            while self.confirmations.join_next().await.is_some() {}
-            if let Err(error) = self.client.flush().await {
+            // The sender is dropped with the confirmer: the task ends once
+            // every PubAck is in.
+            if let Some(task) = task.as_mut() {
+                let _ = task.await;
+            }
+            if let Err(error) = client.flush().await {
                 tracing::warn!(%error, "flush failed");
             }
         };
         if tokio::time::timeout(grace, drain).await.is_err() {
-            let left = self.confirmations.len();
+            if let Some(task) = task {
+                task.abort();
+            }
+            let left = outstanding.map_or(0, |left| left.load(Ordering::Relaxed));
             tracing::warn!(left, "grace period over, abandoning unconfirmed readings");
-            self.confirmations.abort_all();
-            self.counts.unsent.fetch_add(left as u64, Ordering::Relaxed);
-            metrics::counter!("readings_unsent_total", "reason" => "shutdown")
-                .increment(left as u64);
+            self.counts.unsent.fetch_add(left, Ordering::Relaxed);
+            metrics::counter!("readings_unsent_total", "reason" => "shutdown").increment(left);
         }
     }
 }
