@@ -18,15 +18,22 @@
 #
 # Environment: OTEL_EXPORTER_OTLP_ENDPOINT (export traces, e.g. to a local
 # Jaeger), RUST_LOG, LOG_FORMAT (default pretty), CARGO_TARGET_DIR,
-# RUN_LOCAL_DATABASE (default switchyard_local, created when missing), and
-# RUN_LOCAL_BUILD=0 to start the binaries already built without building.
+# RUN_LOCAL_DATABASE (default switchyard_local, created when missing),
+# RUN_LOCAL_PROFILE=debug to build and run debug binaries (faster to build),
+# and RUN_LOCAL_BUILD=0 to start the binaries already built without building.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 RUN_DIR="$ROOT/.run-local"
-BIN_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+# release (default) or debug: which build to run.
+PROFILE="${RUN_LOCAL_PROFILE:-release}"
+case "$PROFILE" in
+    release | debug) ;;
+    *) echo "run-local: RUN_LOCAL_PROFILE is release or debug, not $PROFILE" >&2; exit 2 ;;
+esac
+BIN_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE"
 DATABASE="${RUN_LOCAL_DATABASE:-switchyard_local}"
 
 # Start order: user-service first (the workers and the seed need it), the
@@ -208,8 +215,10 @@ cmd_up() {
     ensure_brokers
     ensure_database
     if [[ "${RUN_LOCAL_BUILD:-1}" == 1 ]]; then
-        say "cargo build --release"
-        cargo build --release --bins
+        local build_args=(build --bins)
+        [[ "$PROFILE" == release ]] && build_args+=(--release)
+        say "cargo ${build_args[*]}"
+        cargo "${build_args[@]}"
     fi
     start_service user-service
     wait_ready user-service
