@@ -177,6 +177,109 @@ validate_custom() {
     return "$ok"
 }
 
+# What schemas cannot see: the objects of one overlay refer to each other.
+# Services, PDBs and Deployments select the pods they mean; probes name ports
+# the container has; every ConfigMap, Secret and ServiceAccount a pod uses is
+# rendered (or, for the load Job, rendered by the base); HPA and KEDA targets
+# and KEDA authentication references exist; a ConfigMap mounted for hot
+# reload is not mounted with subPath (subPath mounts never update).
+k8s_references() {
+    python3 - "$1" <<'EOF'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+by_kind = {}
+for d in docs:
+    by_kind.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
+# The load Job is applied beside an overlay: the base's plain-named objects count.
+external = {} if "Namespace" in by_kind else {"Secret": {"switchyard-credentials"}, "ServiceAccount": {"switchyard"}}
+def exists(kind, name):
+    return name in by_kind.get(kind, {}) or name in external.get(kind, set())
+def matches(selector, labels):
+    return all(labels.get(k) == v for k, v in selector.items())
+def container_ports(template):
+    ports = set()
+    for c in template["spec"]["containers"]:
+        for p in c.get("ports", []):
+            ports |= {p.get("name"), p["containerPort"]}
+    return ports
+errors = []
+pods = []
+for kind in ("Deployment", "StatefulSet", "Job"):
+    for name, d in by_kind.get(kind, {}).items():
+        claims = {c["metadata"]["name"] for c in d["spec"].get("volumeClaimTemplates", [])}
+        pods.append((f"{kind}/{name}", d["spec"]["template"], d["spec"].get("selector", {}).get("matchLabels"), claims))
+for where, template, selector, claims in pods:
+    labels = template["metadata"].get("labels", {})
+    spec = template["spec"]
+    if selector and not matches(selector, labels):
+        errors.append(f"{where}: selector {selector} does not match its pod labels")
+    account = spec.get("serviceAccountName")
+    if account and not exists("ServiceAccount", account):
+        errors.append(f"{where}: service account {account} is not defined")
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    for v in volumes.values():
+        if "configMap" in v and not exists("ConfigMap", v["configMap"]["name"]):
+            errors.append(f"{where}: volume {v['name']}: ConfigMap {v['configMap']['name']} is not defined")
+        if "secret" in v and not exists("Secret", v["secret"]["secretName"]):
+            errors.append(f"{where}: volume {v['name']}: Secret {v['secret']['secretName']} is not defined")
+    for c in spec["containers"] + spec.get("initContainers", []):
+        ports = set()
+        for p in c.get("ports", []):
+            ports |= {p.get("name"), p["containerPort"]}
+        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+            for handler in ("httpGet", "tcpSocket", "grpc"):
+                port = c.get(probe, {}).get(handler, {}).get("port")
+                if port is not None and port not in ports:
+                    errors.append(f"{where}: {c['name']} {probe} uses port {port}, which the container does not declare")
+        for source in c.get("envFrom", []):
+            for key, kind in (("configMapRef", "ConfigMap"), ("secretRef", "Secret")):
+                if key in source and not exists(kind, source[key]["name"]):
+                    errors.append(f"{where}: {c['name']} envFrom {kind} {source[key]['name']} is not defined")
+        for mount in c.get("volumeMounts", []):
+            if mount["name"] in claims:
+                continue
+            if mount["name"] not in volumes:
+                errors.append(f"{where}: {c['name']} mounts unknown volume {mount['name']}")
+            elif "configMap" in volumes[mount["name"]] and "subPath" in mount:
+                errors.append(f"{where}: {c['name']} mounts ConfigMap volume {mount['name']} with subPath: it would never update")
+for name, svc in by_kind.get("Service", {}).items():
+    selector = svc["spec"].get("selector", {})
+    targets = [(w, t) for w, t, _, _ in pods if matches(selector, t["metadata"].get("labels", {}))]
+    if not targets:
+        errors.append(f"Service/{name}: selector {selector} matches no pod")
+    for port in svc["spec"]["ports"]:
+        target = port.get("targetPort", port["port"])
+        for w, t in targets:
+            if target not in container_ports(t):
+                errors.append(f"Service/{name}: targetPort {target} is not a port of {w}")
+for name, pdb in by_kind.get("PodDisruptionBudget", {}).items():
+    selector = pdb["spec"]["selector"]["matchLabels"]
+    if not any(matches(selector, t["metadata"].get("labels", {})) for _, t, _, _ in pods):
+        errors.append(f"PodDisruptionBudget/{name}: selector {selector} matches no pod")
+for name, hpa in by_kind.get("HorizontalPodAutoscaler", {}).items():
+    ref = hpa["spec"]["scaleTargetRef"]
+    if not exists(ref["kind"], ref["name"]):
+        errors.append(f"HorizontalPodAutoscaler/{name}: target {ref['kind']}/{ref['name']} is not defined")
+for name, so in by_kind.get("ScaledObject", {}).items():
+    ref = so["spec"]["scaleTargetRef"]
+    if not exists(ref.get("kind", "Deployment"), ref["name"]):
+        errors.append(f"ScaledObject/{name}: target {ref['name']} is not defined")
+    for trigger in so["spec"]["triggers"]:
+        auth = trigger.get("authenticationRef")
+        if auth and not exists(auth.get("kind", "TriggerAuthentication"), auth["name"]):
+            errors.append(f"ScaledObject/{name}: authentication {auth['name']} is not defined")
+for name, ta in by_kind.get("TriggerAuthentication", {}).items():
+    for ref in ta["spec"].get("secretTargetRef", []):
+        secret = by_kind.get("Secret", {}).get(ref["name"])
+        if secret is None:
+            errors.append(f"TriggerAuthentication/{name}: Secret {ref['name']} is not defined")
+        elif ref["key"] not in {**secret.get("data", {}), **secret.get("stringData", {})}:
+            errors.append(f"TriggerAuthentication/{name}: Secret {ref['name']} has no key {ref['key']}")
+print("\n".join(errors))
+sys.exit(1 if errors else 0)
+EOF
+}
+
 check "deploy/k8s/schemas: KEDA schemas are valid JSON Schema" \
     check-jsonschema --check-metaschema "$SCHEMAS"/*.json
 
@@ -189,6 +292,8 @@ for overlay in deploy/k8s/overlays/*/ deploy/k8s/load/; do
     [[ -s "$rendered" ]] || continue
     check "k8s $name: every kind is built-in or has a kept schema" \
         split_rendered "$rendered" "$WORK/$name"
+    check "k8s $name: references between objects resolve" \
+        k8s_references "$rendered"
     for version in $K8S_VERSIONS; do
         check "k8s $name: kubernetes-validate --strict (Kubernetes $version)" \
             validate_core "$WORK/$name/core.yaml" "$version"
