@@ -127,14 +127,15 @@ pub struct Sensor {
     pub owner_id: Option<String>,
     profile: KindProfile,
     value: f64,
-    seq: u64,
+    /// Its latest reading, updated in place: the strings are built once per
+    /// sensor, not once per reading.
+    reading: SensorReading,
 }
 
 /// The whole fleet and its random source.
 #[derive(Debug)]
 pub struct Fleet {
     sensors: Vec<Sensor>,
-    site: Option<String>,
     spike_probability: f64,
     rng: StdRng,
     next: usize,
@@ -158,20 +159,31 @@ impl Fleet {
                 };
                 // Sensors start near the baseline, not all at the same value.
                 let value = profile.baseline + (rng.random::<f64>() - 0.5) * profile.step * 4.0;
+                let id = format!("{}{short}-{:03}", config.id_prefix, index + 1);
+                let owner_id = (!config.owners.is_empty())
+                    .then(|| config.owners[index % config.owners.len()].clone());
+                let reading = SensorReading {
+                    sensor_id: id.clone(),
+                    kind: kind.clone(),
+                    value,
+                    unit: profile.unit.to_string(),
+                    timestamp: 0,
+                    seq: 0,
+                    site: config.site.clone(),
+                    owner_id: owner_id.clone(),
+                };
                 Sensor {
-                    id: format!("{}{short}-{:03}", config.id_prefix, index + 1),
-                    owner_id: (!config.owners.is_empty())
-                        .then(|| config.owners[index % config.owners.len()].clone()),
+                    id,
+                    owner_id,
                     kind,
                     profile,
                     value,
-                    seq: 0,
+                    reading,
                 }
             })
             .collect();
         Fleet {
             sensors,
-            site: config.site.clone(),
             spike_probability: config.spike_probability,
             rng,
             next: 0,
@@ -183,8 +195,8 @@ impl Fleet {
         &self.sensors
     }
 
-    /// The next reading, sensors taking turns.
-    pub fn next_reading(&mut self) -> SensorReading {
+    /// The next reading and the index of its sensor, sensors taking turns.
+    pub fn next_reading(&mut self) -> (usize, &SensorReading) {
         let index = self.next;
         self.next = (self.next + 1) % self.sensors.len();
         let spike_probability = self.spike_probability;
@@ -205,17 +217,11 @@ impl Fleet {
         } else {
             sensor.value
         };
-        sensor.seq += 1;
-        SensorReading {
-            sensor_id: sensor.id.clone(),
-            kind: sensor.kind.clone(),
-            value: (value * 100.0).round() / 100.0,
-            unit: profile.unit.to_string(),
-            timestamp: now_millis(),
-            seq: sensor.seq,
-            site: self.site.clone(),
-            owner_id: sensor.owner_id.clone(),
-        }
+        let reading = &mut sensor.reading;
+        reading.seq += 1;
+        reading.value = (value * 100.0).round() / 100.0;
+        reading.timestamp = now_millis();
+        (index, reading)
     }
 }
 
@@ -244,7 +250,7 @@ mod tests {
             .map(|s| s.owner_id.clone().unwrap())
             .collect();
         assert_eq!(owners, ["u-1001", "u-1002", "u-1001", "u-1002"]);
-        let first: Vec<_> = (0..8).map(|_| fleet.next_reading()).collect();
+        let first: Vec<_> = (0..8).map(|_| fleet.next_reading().1.clone()).collect();
         assert_eq!(first[0].sensor_id, "temp-001");
         assert_eq!(first[5].sensor_id, "hum-002");
         assert_eq!(first[1].unit, "percent");
@@ -255,7 +261,7 @@ mod tests {
         let mut fleet = Fleet::new(&config(3));
         let mut last: HashMap<String, u64> = HashMap::new();
         for _ in 0..300 {
-            let reading = fleet.next_reading();
+            let (_, reading) = fleet.next_reading();
             let previous = last.insert(reading.sensor_id.clone(), reading.seq);
             assert_eq!(reading.seq, previous.unwrap_or(0) + 1);
         }
@@ -271,7 +277,7 @@ mod tests {
             seed: Some(42),
             ..FleetConfig::default()
         });
-        let values: Vec<f64> = (0..5000).map(|_| fleet.next_reading().value).collect();
+        let values: Vec<f64> = (0..5000).map(|_| fleet.next_reading().1.value).collect();
         assert!(values.iter().all(|v| (-30.0..=70.0).contains(v)));
         assert!(values.iter().any(|v| *v > 30.0), "some warnings");
         assert!(values.iter().any(|v| *v > 40.0), "some criticals");
@@ -288,7 +294,8 @@ mod tests {
             id_prefix: "plant-a-".into(),
             ..config(1)
         });
-        let reading = fleet.next_reading();
+        let (index, reading) = fleet.next_reading();
+        assert_eq!(index, 0);
         assert_eq!(reading.sensor_id, "plant-a-vibration-001");
         assert_eq!(reading.owner_id, None);
     }

@@ -320,10 +320,10 @@ impl Application {
             } else {
                 pacer.wait().await;
             }
-            let reading = fleet.next_reading();
+            let (sensor, reading) = fleet.next_reading();
             produced += 1;
             let span = tracing::info_span!("publish reading", sensor_id = %reading.sensor_id, seq = reading.seq);
-            if let Err(error) = publisher.publish(&reading).instrument(span).await {
+            if let Err(error) = publisher.publish(sensor, reading).instrument(span).await {
                 tracing::warn!(%error, sensor_id = reading.sensor_id, "reading skipped");
             }
         }

@@ -23,7 +23,7 @@ use std::{
 };
 
 use async_nats::{
-    HeaderMap,
+    HeaderMap, HeaderName, HeaderValue, Subject,
     connection::State,
     header::NATS_MESSAGE_ID,
     jetstream::{
@@ -43,6 +43,11 @@ use futures::{StreamExt as _, stream::FuturesUnordered};
 use metrics::Counter;
 use rand::Rng;
 use tokio::{sync::mpsc, task::JoinHandle};
+
+/// Header names built once: `HeaderName::from_static` is free, parsing a
+/// `&str` per message is not.
+const CONTENT_TYPE: HeaderName = HeaderName::from_static(CONTENT_TYPE_HEADER);
+const TRACE_PARENT: HeaderName = HeaderName::from_static(TRACEPARENT);
 
 /// What happened to the readings so far; shared with the ops side and tests.
 #[derive(Debug, Default)]
@@ -118,6 +123,10 @@ pub struct ReadingPublisher {
     published_metric: Counter,
     /// Hands each sent reading's PubAck to the confirmer task (JetStream).
     confirmer: Option<Confirmer>,
+    /// Subject of each sensor, by fleet index (cheap to clone).
+    subjects: Vec<Option<Subject>>,
+    /// The `Content-Type` value of every reading.
+    content_type: HeaderValue,
 }
 
 /// A boxed wait for one reading's PubAck, retries included.
@@ -194,6 +203,7 @@ impl ReadingPublisher {
             "messages_published_total",
             "subject" => format!("{}.>", settings.subject_prefix)
         );
+        let content_type = settings.content_type.mime();
         ReadingPublisher {
             settings,
             client,
@@ -202,19 +212,25 @@ impl ReadingPublisher {
             counts,
             published_metric,
             confirmer: None,
+            subjects: Vec::new(),
+            content_type: HeaderValue::from(content_type),
         }
     }
 
-    /// Publishes one reading. In JetStream mode this returns once the reading
-    /// is sent and its PubAck is being awaited in the background.
-    pub async fn publish(&mut self, reading: &SensorReading) -> Result<(), ReadingError> {
+    /// Publishes one reading of the sensor at fleet index `sensor`. In
+    /// JetStream mode this returns once the reading is sent and its PubAck is
+    /// being awaited in the background.
+    pub async fn publish(
+        &mut self,
+        sensor: usize,
+        reading: &SensorReading,
+    ) -> Result<(), ReadingError> {
         let payload = self
             .codec
             .encode(reading, self.settings.content_type)
             .inspect_err(|_| unsent(&self.counts, "encode"))?;
-        let subject =
-            common::nats::reading_subject(&self.settings.subject_prefix, &reading.sensor_id);
-        let mut headers = reading_headers(self.settings.content_type);
+        let subject = self.subject(sensor, &reading.sensor_id);
+        let mut headers = reading_headers(self.content_type.clone());
         match self.jetstream.clone() {
             None => self.publish_core(subject, headers, payload).await,
             Some(context) => {
@@ -222,7 +238,7 @@ impl ReadingPublisher {
                     "{}-{}-{}",
                     self.settings.publisher_id, reading.sensor_id, reading.seq
                 );
-                headers.insert(NATS_MESSAGE_ID, message_id.as_str());
+                headers.insert(NATS_MESSAGE_ID, HeaderValue::from(message_id));
                 self.publish_jetstream(context, subject, headers, payload)
                     .await;
             }
@@ -230,7 +246,17 @@ impl ReadingPublisher {
         Ok(())
     }
 
-    async fn publish_core(&mut self, subject: String, headers: HeaderMap, payload: Bytes) {
+    fn subject(&mut self, sensor: usize, sensor_id: &str) -> Subject {
+        if self.subjects.len() <= sensor {
+            self.subjects.resize(sensor + 1, None);
+        }
+        let prefix = &self.settings.subject_prefix;
+        self.subjects[sensor]
+            .get_or_insert_with(|| Subject::from(common::nats::reading_subject(prefix, sensor_id)))
+            .clone()
+    }
+
+    async fn publish_core(&mut self, subject: Subject, headers: HeaderMap, payload: Bytes) {
         // Not queued while disconnected: core NATS is at-most-once, and a
         // backlog of stale readings helps nobody after a reconnect.
         if self.client.connection_state() != State::Connected {
@@ -238,7 +264,16 @@ impl ReadingPublisher {
             return;
         }
         let publish = self.client.publish_with_headers(subject, headers, payload);
-        match tokio::time::timeout(self.settings.publish_timeout, publish).await {
+        let mut publish = std::pin::pin!(publish);
+        // Usually the client takes the message at once; a timer is only set
+        // up when it does not (its buffer is full, the connection stalled).
+        let outcome = match futures::poll!(publish.as_mut()) {
+            std::task::Poll::Ready(result) => Ok(result),
+            std::task::Poll::Pending => {
+                tokio::time::timeout(self.settings.publish_timeout, publish).await
+            }
+        };
+        match outcome {
             Ok(Ok(())) => {
                 self.counts.published.fetch_add(1, Ordering::Relaxed);
                 self.published_metric.increment(1);
@@ -257,7 +292,7 @@ impl ReadingPublisher {
     async fn publish_jetstream(
         &mut self,
         context: jetstream::Context,
-        subject: String,
+        subject: Subject,
         headers: HeaderMap,
         payload: Bytes,
     ) {
@@ -331,12 +366,12 @@ fn unsent(counts: &PublishCounts, reason: &'static str) {
 }
 
 /// Content-Type and traceparent for one reading.
-fn reading_headers(content_type: ContentType) -> HeaderMap {
+fn reading_headers(content_type: HeaderValue) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    headers.insert(CONTENT_TYPE_HEADER, content_type.mime());
+    headers.insert(CONTENT_TYPE, content_type);
     inject_nats(&mut headers);
     if headers.get(TRACEPARENT).is_none() {
-        headers.insert(TRACEPARENT, fresh_traceparent().as_str());
+        headers.insert(TRACE_PARENT, HeaderValue::from(fresh_traceparent()));
     }
     headers
 }
@@ -354,7 +389,7 @@ fn fresh_traceparent() -> String {
 /// One encoded reading, kept until its PubAck so it can be sent again.
 #[derive(Debug)]
 struct OutgoingReading {
-    subject: String,
+    subject: Subject,
     headers: HeaderMap,
     payload: Bytes,
 }
@@ -409,7 +444,7 @@ impl Confirmation {
                 Some(delay) => {
                     tracing::warn!(
                         %error,
-                        subject = self.message.subject,
+                        subject = %self.message.subject,
                         delay_ms = delay.as_millis() as u64,
                         "publish not acknowledged, sending again"
                     );
@@ -422,7 +457,7 @@ impl Confirmation {
                         .await;
                 }
                 None => {
-                    tracing::error!(%error, subject = self.message.subject, "reading not stored, giving up");
+                    tracing::error!(%error, subject = %self.message.subject, "reading not stored, giving up");
                     unsent(&self.counts, "retries_exhausted");
                     return;
                 }
@@ -449,7 +484,7 @@ mod tests {
 
     #[test]
     fn readings_carry_content_type_and_traceparent() {
-        let headers = reading_headers(ContentType::Protobuf);
+        let headers = reading_headers(HeaderValue::from(ContentType::Protobuf.mime()));
         assert_eq!(
             headers.get(CONTENT_TYPE_HEADER).map(|v| v.as_str()),
             Some("application/protobuf")
