@@ -135,6 +135,7 @@ fn on_event(name: &str, watch: &ConnectionWatch, event: Event) {
             );
         }
         Event::Closed => tracing::info!(connection = name, "nats connection closed"),
+        Event::Draining => tracing::info!(connection = name, "nats connection draining"),
         other => tracing::warn!(connection = name, event = %other, "nats event"),
     }
 }
