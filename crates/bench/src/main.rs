@@ -4,6 +4,7 @@
 //! Run release builds: `cargo run --release -p bench -- <scenario>`.
 
 mod codec;
+mod pubsub;
 
 use clap::{Parser, Subcommand};
 
@@ -18,11 +19,14 @@ struct Cli {
 enum Scenario {
     /// JSON vs Protobuf: size and encode/decode time of SensorReading and the seed's User.
     Codec(codec::Args),
+    /// NATS pub-sub: sensor-publisher -> monitor-subscriber vs raw async-nats; JetStream publishing.
+    Pubsub(pubsub::Args),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Scenario::Codec(args) => codec::run(args).await,
+        Scenario::Pubsub(args) => pubsub::run(args).await,
     }
 }

@@ -1,0 +1,421 @@
+//! `bench pubsub`: publish-subscribe throughput on NATS, ours beside the raw
+//! client in the same run.
+//!
+//! - Core: the real sensor-publisher (Protobuf, `Content-Type` and
+//!   `traceparent` headers, as fast as possible) into the real
+//!   monitor-subscriber, both in this process. The figure is readings/s
+//!   received with **zero** seq gaps: when a run loses readings (the
+//!   monitor fell behind and the client dropped), the next run is paced
+//!   just under what got through, until one is clean. The baseline is a
+//!   bare async-nats publisher and subscriber moving the same bytes (same
+//!   payload, same headers) with nothing done per message.
+//! - JetStream: the sensor-publisher in JetStream mode (PubAck window,
+//!   `Nats-Msg-Id`) against a raw JetStream publisher with the same window
+//!   and the same headers (`Nats-Msg-Id` included).
+//!
+//! Every stream and subject is the run's own; the stream is deleted after.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use std::future::IntoFuture as _;
+
+use anyhow::Context as _;
+use bench::report::{Figure, number, table};
+use common::{
+    codec::{CONTENT_TYPE_HEADER, Codec, ContentType},
+    config::SecretUrl,
+    nats::DeliveryMode,
+    propagation::TRACEPARENT,
+    proto::sensor::v1::SensorReading,
+    shutdown::Shutdown,
+};
+use futures::StreamExt;
+
+/// Options of the pubsub scenario.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// NATS server.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// Readings per core run.
+    #[arg(long, default_value_t = 500_000)]
+    messages: u64,
+    /// Simulated sensors (readings are spread over them).
+    #[arg(long, default_value_t = 100)]
+    sensors: usize,
+    /// Core runs at most, while looking for a rate without gaps.
+    #[arg(long, default_value_t = 4)]
+    attempts: u32,
+    /// Readings in the JetStream run.
+    #[arg(long, default_value_t = 100_000)]
+    jetstream_messages: u64,
+    /// PubAcks awaited at once in JetStream mode (ours and the raw client's).
+    #[arg(long, default_value_t = 256)]
+    ack_window: usize,
+}
+
+/// One core run of ours.
+struct CoreRun {
+    rate: f64,
+    received: u64,
+    gaps: u64,
+    drops: u64,
+    paced_at: Option<f64>,
+}
+
+pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
+    let sample = sample_message();
+    println!(
+        "message: {} payload bytes + {} header bytes (Content-Type, traceparent), {} sensors",
+        sample.payload.len(),
+        sample.header_bytes,
+        args.sensors
+    );
+
+    // Raw client first: it shows what the machine and server can do right now.
+    let raw = raw_core(&args, &run_id, &sample).await?;
+    println!(
+        "raw async-nats: {:.0} msg/s ({} of {} received)",
+        raw.0, raw.1, args.messages
+    );
+
+    let mut runs = Vec::new();
+    let mut pace: Option<f64> = None;
+    for attempt in 1..=args.attempts {
+        let prefix = format!("bench.{run_id}.{attempt}.sensor.data");
+        let run = ours_core(&args, &prefix, pace).await?;
+        println!(
+            "ours (attempt {attempt}, {}): {:.0} msg/s, {} received, {} seq gaps, {} slow-consumer drops",
+            run.paced_at
+                .map(|rate| format!("paced at {rate:.0}/s"))
+                .unwrap_or_else(|| "unpaced".into()),
+            run.rate,
+            run.received,
+            run.gaps,
+            run.drops
+        );
+        let clean = run.gaps == 0 && run.received == args.messages;
+        let next = run.rate * 0.9;
+        runs.push(run);
+        if clean {
+            break;
+        }
+        pace = Some(next);
+    }
+    let best_clean = runs
+        .iter()
+        .filter(|run| run.gaps == 0 && run.received == args.messages)
+        .map(|run| run.rate)
+        .fold(0.0, f64::max);
+
+    let (js_ours, js_raw) = jetstream(&args, &run_id, &sample).await?;
+
+    let mut rows = vec![vec!["path".to_string(), "msg/s".into(), "note".into()]];
+    rows.push(vec![
+        "raw async-nats pub -> sub".into(),
+        number(raw.0.round()),
+        "same bytes, nothing done per message".into(),
+    ]);
+    rows.push(vec![
+        "sensor-publisher -> monitor-subscriber".into(),
+        number(best_clean.round()),
+        "zero seq gaps (0 = no clean run)".into(),
+    ]);
+    rows.push(vec![
+        "raw jetstream publish".into(),
+        number(js_raw.round()),
+        format!("PubAck window {}, Nats-Msg-Id", args.ack_window),
+    ]);
+    rows.push(vec![
+        "sensor-publisher jetstream".into(),
+        number(js_ours.round()),
+        format!("PubAck window {}, Nats-Msg-Id", args.ack_window),
+    ]);
+    print!("{}", table(&rows));
+
+    println!(
+        "{}",
+        Figure::new("pubsub", best_clean.round(), "msg/s", raw.0.round()).result_line()
+    );
+    println!(
+        "{}",
+        Figure::new("pubsub.jetstream", js_ours.round(), "msg/s", js_raw.round()).result_line()
+    );
+    Ok(())
+}
+
+/// The bytes every path sends: an encoded reading and the headers ours adds.
+struct Sample {
+    payload: bytes::Bytes,
+    headers: async_nats::HeaderMap,
+    header_bytes: usize,
+}
+
+fn sample_message() -> Sample {
+    let reading = SensorReading {
+        sensor_id: "temp-001".into(),
+        kind: "temperature".into(),
+        value: 25.31,
+        unit: "celsius".into(),
+        timestamp: 1_700_000_000_000,
+        seq: 123_456,
+        site: None,
+        owner_id: Some("u-1001".into()),
+    };
+    let payload = Codec::default()
+        .encode(&reading, ContentType::Protobuf)
+        .expect("a reading encodes");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(CONTENT_TYPE_HEADER, ContentType::Protobuf.mime());
+    headers.insert(
+        TRACEPARENT,
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    );
+    let header_bytes = "NATS/1.0\r\n".len()
+        + headers
+            .iter()
+            .map(|(name, values)| {
+                values
+                    .iter()
+                    .map(|value| name.to_string().len() + 2 + value.as_str().len() + 2)
+                    .sum::<usize>()
+            })
+            .sum::<usize>()
+        + 2;
+    Sample {
+        payload,
+        headers,
+        header_bytes,
+    }
+}
+
+/// Waits until `count()` reaches `target`, or stops moving for `idle`.
+/// Returns the count and when it last moved.
+async fn wait_for_count(
+    count: impl Fn() -> u64,
+    target: u64,
+    started: Instant,
+    publishing_done: &AtomicU64,
+) -> (u64, Duration) {
+    let idle = Duration::from_secs(2);
+    let mut last = 0;
+    let mut last_change = Instant::now();
+    let mut last_change_at = Duration::ZERO;
+    loop {
+        let now = count();
+        if now != last {
+            last = now;
+            last_change = Instant::now();
+            last_change_at = started.elapsed();
+        }
+        if now >= target {
+            return (now, started.elapsed());
+        }
+        if publishing_done.load(Ordering::Relaxed) == 1 && last_change.elapsed() > idle {
+            return (now, last_change_at);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Raw async-nats: publish `messages` copies of the sample, count them in a
+/// subscriber on the same connection settings. Returns (msg/s, received).
+async fn raw_core(args: &Args, run_id: &str, sample: &Sample) -> anyhow::Result<(f64, u64)> {
+    let subject = format!("bench.{run_id}.raw.sensor.data.temp-001");
+    let subscriber_client = async_nats::ConnectOptions::new()
+        .subscription_capacity(65_536)
+        .connect(&args.nats_url)
+        .await
+        .context("cannot connect to nats")?;
+    let publisher_client = async_nats::connect(&args.nats_url).await?;
+    let mut subscription = subscriber_client.subscribe(subject.clone()).await?;
+    subscriber_client.flush().await?;
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = received.clone();
+    let counting = tokio::spawn(async move {
+        while subscription.next().await.is_some() {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let publishing = {
+        let done = done.clone();
+        let payload = sample.payload.clone();
+        let headers = sample.headers.clone();
+        let messages = args.messages;
+        tokio::spawn(async move {
+            for _ in 0..messages {
+                publisher_client
+                    .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                    .await?;
+            }
+            publisher_client.flush().await?;
+            done.store(1, Ordering::Relaxed);
+            anyhow::Ok(())
+        })
+    };
+    let (got, elapsed) = wait_for_count(
+        || received.load(Ordering::Relaxed),
+        args.messages,
+        started,
+        &done,
+    )
+    .await;
+    publishing.await??;
+    counting.abort();
+    Ok((got as f64 / elapsed.as_secs_f64(), got))
+}
+
+/// The sensor-publisher into the monitor-subscriber.
+async fn ours_core(args: &Args, prefix: &str, pace: Option<f64>) -> anyhow::Result<CoreRun> {
+    let monitor = monitor_subscriber::Application::build(monitor_subscriber::Config {
+        nats_url: SecretUrl::new(&args.nats_url),
+        ops_addr: "127.0.0.1:0".parse()?,
+        subject_prefix: prefix.to_string(),
+        stats_subject: format!("{prefix}.stats"),
+        summary_interval_ms: Duration::ZERO,
+        ..Default::default()
+    })
+    .await?;
+    monitor.wait_until_subscribed().await;
+    let stats = monitor.stats();
+    let monitor_stop = Shutdown::new();
+    let monitor_task = tokio::spawn(monitor.run_until_stopped(monitor_stop.clone()));
+
+    let publisher = sensor_publisher::Application::build(sensor_publisher::Config {
+        nats_url: SecretUrl::new(&args.nats_url),
+        ops_addr: "127.0.0.1:0".parse()?,
+        subject_prefix: prefix.to_string(),
+        mode: DeliveryMode::Core,
+        content_type: ContentType::Protobuf,
+        rate_per_sec: pace.unwrap_or(0.0),
+        count: args.messages,
+        fleet: sensor_publisher::FleetConfig {
+            sensors: args.sensors,
+            seed: Some(1),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await?;
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let publishing = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let summary = publisher.run_until_stopped(Shutdown::new()).await;
+            done.store(1, Ordering::Relaxed);
+            summary.map(|summary| (summary, started.elapsed()))
+        })
+    };
+    let (received, elapsed) =
+        wait_for_count(|| stats.readings(), args.messages, started, &done).await;
+    let (summary, publish_time) = publishing.await??;
+    println!(
+        "  publisher side: {:.0} msg/s handed to the client",
+        summary.published as f64 / publish_time.as_secs_f64()
+    );
+    monitor_stop.trigger();
+    monitor_task.await??;
+    let report = stats.report();
+    // Readings never seen at the end of a sensor's sequence are lost too.
+    let tail_lost = summary
+        .published
+        .saturating_sub(received + report.totals.seq_gaps);
+    Ok(CoreRun {
+        rate: received as f64 / elapsed.as_secs_f64(),
+        received,
+        gaps: report.totals.seq_gaps + tail_lost,
+        drops: report.totals.slow_consumer_drops,
+        paced_at: pace,
+    })
+}
+
+/// JetStream publishing: ours, then the raw client with the same window.
+/// Returns (ours msg/s, raw msg/s).
+async fn jetstream(args: &Args, run_id: &str, sample: &Sample) -> anyhow::Result<(f64, f64)> {
+    let stream = format!("BENCH_{run_id}");
+    let prefix = format!("bench.{run_id}.js.sensor.data");
+    let client = async_nats::connect(&args.nats_url).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    common::nats::ensure_sensor_stream(&js, &stream, &prefix)
+        .await
+        .context("cannot create the bench stream")?;
+    let result = async {
+        let publisher = sensor_publisher::Application::build(sensor_publisher::Config {
+            nats_url: SecretUrl::new(&args.nats_url),
+            ops_addr: "127.0.0.1:0".parse()?,
+            subject_prefix: prefix.clone(),
+            stream: stream.clone(),
+            mode: DeliveryMode::Jetstream,
+            ack_window: args.ack_window,
+            rate_per_sec: 0.0,
+            count: args.jetstream_messages,
+            fleet: sensor_publisher::FleetConfig {
+                sensors: args.sensors,
+                seed: Some(1),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .await?;
+        let started = Instant::now();
+        let summary = publisher.run_until_stopped(Shutdown::new()).await?;
+        let ours = summary.published as f64 / started.elapsed().as_secs_f64();
+        println!(
+            "ours jetstream: {ours:.0} msg/s ({} acknowledged, {} retried, {} unsent)",
+            summary.published, summary.retried, summary.unsent
+        );
+
+        let raw_js = async_nats::jetstream::ContextBuilder::new()
+            .max_ack_inflight(args.ack_window)
+            .backpressure_on_inflight(true)
+            .build(client.clone());
+        let mut acks = futures::stream::FuturesUnordered::new();
+        let started = Instant::now();
+        let mut acked = 0u64;
+        for i in 0..args.jetstream_messages {
+            // The same headers as ours, de-duplication id included: the
+            // server's duplicate tracking is part of the price of the mode.
+            let mut headers = sample.headers.clone();
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                format!("raw-{run_id}-{i}").as_str(),
+            );
+            let ack = raw_js
+                .publish_with_headers(
+                    format!("{prefix}.raw-{}", i % args.sensors as u64),
+                    headers,
+                    sample.payload.clone(),
+                )
+                .await?;
+            acks.push(ack.into_future());
+            while acks.len() >= args.ack_window {
+                if let Some(ack) = acks.next().await {
+                    ack?;
+                    acked += 1;
+                }
+            }
+        }
+        while let Some(ack) = acks.next().await {
+            ack?;
+            acked += 1;
+        }
+        let raw = acked as f64 / started.elapsed().as_secs_f64();
+        println!("raw jetstream: {raw:.0} msg/s ({acked} acknowledged)");
+        anyhow::Ok((ours, raw))
+    }
+    .await;
+    if let Err(error) = js.delete_stream(&stream).await {
+        eprintln!("cannot delete the bench stream {stream}: {error}");
+    }
+    result
+}
