@@ -154,6 +154,8 @@ struct Inner {
     /// Dropping the last handle closes this and ends the background task.
     broken: mpsc::UnboundedSender<u64>,
     stats: PublisherStats,
+    /// `messages_published_total{queue}`, resolved once.
+    published: metrics::Counter,
 }
 
 /// Publishes tasks to the work queue with publisher confirms. Cheap to clone;
@@ -178,6 +180,11 @@ impl TaskPublisher {
             connected: connected_rx,
             broken: broken_tx,
             stats: PublisherStats::default(),
+            published: {
+                // The handle binds to the recorder installed now; make sure it is ours.
+                common::metrics::install();
+                metrics::counter!("messages_published_total", "queue" => config.queue.clone())
+            },
             config: config.clone(),
         });
         // Not tracked by the shutdown: the connection must outlive the drain
@@ -231,8 +238,7 @@ impl TaskPublisher {
         match &result {
             Ok(()) => {
                 inner.stats.confirmed.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("messages_published_total", "queue" => inner.config.queue.clone())
-                    .increment(1);
+                inner.published.increment(1);
             }
             Err(error) => {
                 inner.stats.failed.fetch_add(1, Ordering::Relaxed);

@@ -83,6 +83,12 @@ impl TaskSlot {
             };
             self.cancel(&mut consumer).await;
             let Some(breaker) = &self.breaker else {
+                // A handler reported an open breaker the worker does not
+                // know: back off a moment rather than spin on requeues.
+                tokio::select! {
+                    () = stop.cancelled() => return End::Stopped,
+                    () = tokio::time::sleep(HALF_OPEN_WAIT) => {}
+                }
                 continue;
             };
             metrics::gauge!("task_consumers_paused").increment(1.0);

@@ -6,7 +6,7 @@
 //! them instead of on log text. A slow subscriber loses the oldest events
 //! (broadcast semantics); the worker never waits for one.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How one delivery ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +40,8 @@ pub struct TaskEvent {
     pub attempt: u32,
     /// RabbitMQ's redelivered flag: an earlier delivery was not acked.
     pub redelivered: bool,
+    /// When the worker took the delivery up (before decoding it).
+    pub received_at: Instant,
     /// How it ended.
     pub outcome: TaskOutcome,
 }

@@ -23,8 +23,9 @@ pub struct FinishedTasks {
 #[derive(Debug)]
 struct Inner {
     capacity: usize,
-    ids: HashSet<String>,
-    order: VecDeque<String>,
+    // One allocation per id, shared by the set and the eviction order.
+    ids: HashSet<Arc<str>>,
+    order: VecDeque<Arc<str>>,
 }
 
 impl FinishedTasks {
@@ -47,10 +48,12 @@ impl FinishedTasks {
     /// Records `id` as finished; `false` if it already was.
     pub fn insert(&self, id: &str) -> bool {
         let mut inner = self.lock();
-        if !inner.ids.insert(id.to_string()) {
+        if inner.ids.contains(id) {
             return false;
         }
-        inner.order.push_back(id.to_string());
+        let id: Arc<str> = Arc::from(id);
+        inner.ids.insert(id.clone());
+        inner.order.push_back(id);
         while inner.order.len() > inner.capacity {
             if let Some(oldest) = inner.order.pop_front() {
                 inner.ids.remove(&oldest);

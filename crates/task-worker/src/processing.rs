@@ -7,7 +7,11 @@
 //! `tasks_processed_total{outcome}` or `messages_rejected_total{reason}`
 //! and publishes a [`TaskEvent`].
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use common::{codec::Codec, propagation, task::Task};
 use lapin::{
@@ -15,6 +19,7 @@ use lapin::{
     message::Delivery,
     options::{BasicAckOptions, BasicNackOptions},
 };
+use metrics::{Counter, Histogram};
 use tokio::sync::broadcast;
 use tracing::{Instrument, debug, info, warn};
 
@@ -44,6 +49,61 @@ pub(crate) struct TaskContext {
     pub(crate) finished: FinishedTasks,
     pub(crate) events: broadcast::Sender<TaskEvent>,
     pub(crate) codec: Codec,
+    pub(crate) metrics: TaskMetrics,
+}
+
+/// Metric handles resolved once: the hot path then only bumps atomics
+/// instead of hashing names and labels for every message.
+#[derive(Debug)]
+pub(crate) struct TaskMetrics {
+    received: Counter,
+    ok: Counter,
+    retried: Counter,
+    dead_lettered: Counter,
+    durations: HashMap<String, Histogram>,
+}
+
+impl TaskMetrics {
+    /// Handles for the work queue `queue` and the handlers' kinds.
+    pub(crate) fn new(queue: &str, handlers: &Handlers) -> Self {
+        // The handles bind to the recorder installed now; make sure it is ours.
+        common::metrics::install();
+        let outcome = |outcome: &'static str| metrics::counter!("tasks_processed_total", "outcome" => outcome);
+        TaskMetrics {
+            received: metrics::counter!("messages_received_total", "queue" => queue.to_string()),
+            ok: outcome("ok"),
+            retried: outcome("retried"),
+            dead_lettered: outcome("dead_lettered"),
+            durations: handlers
+                .kinds()
+                .into_iter()
+                .map(|kind| {
+                    let histogram =
+                        metrics::histogram!("task_duration_seconds", "kind" => kind.to_string());
+                    (kind.to_string(), histogram)
+                })
+                .collect(),
+        }
+    }
+
+    fn record(&self, kind: &str, outcome: Outcome, elapsed: Duration) {
+        match outcome {
+            Outcome::Ok => self.ok.increment(1),
+            Outcome::Retried => self.retried.increment(1),
+            Outcome::DeadLettered => self.dead_lettered.increment(1),
+        }
+        if let Some(histogram) = self.durations.get(kind) {
+            histogram.record(elapsed.as_secs_f64());
+        }
+    }
+}
+
+/// The `outcome` label of `tasks_processed_total`.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Ok,
+    Retried,
+    DeadLettered,
 }
 
 /// Handles one delivery completely (acked, re-published or requeued).
@@ -53,13 +113,14 @@ pub(crate) async fn process(
     publish: &Channel,
     delivery: Delivery,
 ) -> Result<Next, RouteError> {
+    let received_at = Instant::now();
     let queue = context.topology.task_queue();
-    metrics::counter!("messages_received_total", "queue" => queue.to_string()).increment(1);
+    context.metrics.received.increment(1);
     let failures_before = routing::attempts(&delivery.properties);
     let content_type = routing::content_type(&delivery.properties);
     let task: Task = match context
         .codec
-        .decode_with_header(&delivery.data, content_type.as_deref())
+        .decode_with_header(&delivery.data, content_type)
     {
         Ok(task) => task,
         Err(error) => {
@@ -77,6 +138,7 @@ pub(crate) async fn process(
                 kind: String::new(),
                 attempt: failures_before + 1,
                 redelivered: delivery.redelivered,
+                received_at,
                 outcome: TaskOutcome::DeadLettered {
                     reason: reason.to_string(),
                 },
@@ -100,9 +162,16 @@ pub(crate) async fn process(
         &span,
         propagation::extract_amqp(delivery.properties.headers().as_ref()),
     );
-    handle(context, publish, delivery, task, failures_before)
-        .instrument(span)
-        .await
+    handle(
+        context,
+        publish,
+        delivery,
+        task,
+        failures_before,
+        received_at,
+    )
+    .instrument(span)
+    .await
 }
 
 async fn handle(
@@ -111,6 +180,7 @@ async fn handle(
     delivery: Delivery,
     task: Task,
     failures_before: u32,
+    received_at: Instant,
 ) -> Result<Next, RouteError> {
     let attempt = failures_before + 1;
     let event = |outcome| TaskEvent {
@@ -118,6 +188,7 @@ async fn handle(
         kind: task.kind.clone(),
         attempt,
         redelivered: delivery.redelivered,
+        received_at,
         outcome,
     };
 
@@ -148,7 +219,7 @@ async fn handle(
         Ok(()) => {
             delivery.acker.ack(BasicAckOptions::default()).await?;
             context.finished.insert(&task.id);
-            record(&kind, "ok", elapsed);
+            context.metrics.record(&kind, Outcome::Ok, elapsed);
             info!(task_id = %task.id, duration_ms = elapsed.as_millis() as u64, "task done");
             let _ = context.events.send(event(TaskOutcome::Done));
             Ok(Next::Continue)
@@ -168,7 +239,7 @@ async fn handle(
                     )
                     .await?;
                     delivery.acker.ack(BasicAckOptions::default()).await?;
-                    record(&kind, "retried", elapsed);
+                    context.metrics.record(&kind, Outcome::Retried, elapsed);
                     warn!(error = %error, delay_ms = delay.as_millis() as u64, "task failed, retrying later");
                     let _ = context.events.send(event(TaskOutcome::Retried { delay }));
                 }
@@ -176,7 +247,9 @@ async fn handle(
                     warn!(error = %error, attempts = attempt, "task failed for the last time, dead-lettering");
                     dead_letter(context, publish, &delivery, "max_attempts", &error, attempt)
                         .await?;
-                    record(&kind, "dead_lettered", elapsed);
+                    context
+                        .metrics
+                        .record(&kind, Outcome::DeadLettered, elapsed);
                     let _ = context.events.send(event(TaskOutcome::DeadLettered {
                         reason: "max_attempts".into(),
                     }));
@@ -187,7 +260,9 @@ async fn handle(
         Err(HandlerError::Permanent { reason, message }) => {
             warn!(reason, error = %message, "task cannot succeed, dead-lettering");
             dead_letter(context, publish, &delivery, reason, &message, attempt).await?;
-            record(&kind, "dead_lettered", elapsed);
+            context
+                .metrics
+                .record(&kind, Outcome::DeadLettered, elapsed);
             let _ = context.events.send(event(TaskOutcome::DeadLettered {
                 reason: reason.to_string(),
             }));
@@ -209,12 +284,6 @@ async fn handle(
             Ok(Next::Pause)
         }
     }
-}
-
-fn record(kind: &str, outcome: &'static str, elapsed: std::time::Duration) {
-    metrics::counter!("tasks_processed_total", "outcome" => outcome).increment(1);
-    metrics::histogram!("task_duration_seconds", "kind" => kind.to_string())
-        .record(elapsed.as_secs_f64());
 }
 
 async fn dead_letter(

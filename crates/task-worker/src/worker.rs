@@ -23,7 +23,7 @@ use crate::{
     events::TaskEvent,
     finished::FinishedTasks,
     handler::{Handlers, SleepHandler, TaskHandler},
-    processing::TaskContext,
+    processing::{TaskContext, TaskMetrics},
     session,
 };
 
@@ -123,6 +123,7 @@ impl Worker {
         let topology = self.config.topology();
         let shared = Arc::new(Shared {
             context: Arc::new(TaskContext {
+                metrics: TaskMetrics::new(topology.task_queue(), &self.handlers),
                 topology,
                 max_attempts: self.config.max_attempts,
                 handlers: self.handlers,
