@@ -4,6 +4,7 @@
 //! Run release builds: `cargo run --release -p bench -- <scenario>`.
 
 mod codec;
+mod workqueue;
 mod pubsub;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +20,8 @@ struct Cli {
 enum Scenario {
     /// JSON vs Protobuf: size and encode/decode time of SensorReading and the seed's User.
     Codec(codec::Args),
+    /// RabbitMQ work queue: confirmed publishes, consume+ack at prefetch 1 and 100, fairness.
+    Workqueue(workqueue::Args),
     /// NATS pub-sub: sensor-publisher -> monitor-subscriber vs raw async-nats; JetStream publishing.
     Pubsub(pubsub::Args),
 }
@@ -27,6 +30,7 @@ enum Scenario {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Scenario::Codec(args) => codec::run(args).await,
+        Scenario::Workqueue(args) => workqueue::run(args).await,
         Scenario::Pubsub(args) => pubsub::run(args).await,
     }
 }
