@@ -259,6 +259,10 @@ async fn raw_core(args: &Args, run_id: &str, sample: &Sample) -> anyhow::Result<
             }
             publisher_client.flush().await?;
             done.store(1, Ordering::Relaxed);
+            println!(
+                "  publisher side: {:.0} msg/s handed to the client",
+                messages as f64 / started.elapsed().as_secs_f64()
+            );
             anyhow::Ok(())
         })
     };
