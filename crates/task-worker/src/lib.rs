@@ -15,6 +15,9 @@
 //! - Resilient: reconnects after a broker restart and declares the topology
 //!   again ([`session`]); on SIGTERM stops consuming, finishes and acks what
 //!   is in flight, closes, within `shutdown_grace_ms`.
+//! - `notify` asks user-service for the owner (request-reply inside a worker,
+//!   [`notify`]); while the user-service circuit breaker is open the worker
+//!   stops consuming and resumes when it half-opens.
 //! - Also consumes `data_sync` into a contact directory ([`data_sync`],
 //!   [`contacts`]), served on the ops port as `GET /contacts`.
 //!
@@ -26,6 +29,7 @@ pub mod data_sync;
 pub mod events;
 pub mod finished;
 pub mod handler;
+pub mod notify;
 pub mod routing;
 
 mod consumer;
@@ -36,6 +40,7 @@ mod worker;
 use std::{net::SocketAddr, time::Duration};
 
 use common::{
+    circuit_breaker::BreakerConfig,
     config::{ConfigError, SecretUrl, Validate, duration_ms},
     shutdown::Shutdown,
 };
@@ -88,6 +93,11 @@ pub struct Config {
     pub ops_addr: SocketAddr,
     /// The user-service gRPC endpoint for `notify` (`USER_SERVICE_URL`).
     pub user_service_url: String,
+    /// Deadline of one user lookup, its retries included.
+    #[serde(rename = "user_service_timeout_ms", with = "duration_ms")]
+    pub user_service_timeout: Duration,
+    /// The user-service circuit breaker; while it is open the worker pauses.
+    pub user_service_breaker: BreakerConfig,
 }
 
 impl Default for Config {
@@ -106,6 +116,8 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(25),
             ops_addr: SocketAddr::from(([0, 0, 0, 0], 9106)),
             user_service_url: "http://127.0.0.1:50051".to_string(),
+            user_service_timeout: Duration::from_secs(2),
+            user_service_breaker: BreakerConfig::default(),
         }
     }
 }
@@ -142,6 +154,20 @@ impl Validate for Config {
                 "retry_max_delay_ms",
                 self.retry_max_delay.as_millis(),
                 "retry delays must be above 0 with retry_max_delay_ms >= retry_base_delay_ms",
+            ));
+        }
+        if self.user_service_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "user_service_timeout_ms",
+                0,
+                "must be above 0",
+            ));
+        }
+        if self.user_service_breaker.failure_threshold == 0 {
+            return Err(ConfigError::invalid(
+                "user_service_breaker.failure_threshold",
+                0,
+                "must be at least 1",
             ));
         }
         if self.finished_capacity == 0 {

@@ -58,7 +58,8 @@ pub struct Worker {
 
 impl Worker {
     /// Binds the ops endpoint (port 0 picks one) and registers the built-in
-    /// handlers.
+    /// handlers: `sleep`, and `notify` with a user-service client (connected
+    /// lazily: a user-service that is down does not stop the worker).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let contacts = ContactDirectory::new();
         let mut handlers = Handlers::default();
@@ -68,7 +69,7 @@ impl Worker {
                 max: config.max_sleep,
             }),
         );
-        let breaker: Option<Arc<CircuitBreaker>> = None;
+        let breaker = crate::notify::register(&config, &contacts, &mut handlers)?;
 
         let readiness = Readiness::new(&["rabbitmq"]);
         let ops_stop = CancellationToken::new();

@@ -612,3 +612,129 @@ pub(crate) async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
         .map(|(_, body)| body.to_string())
         .unwrap_or_default()
 }
+
+/// The real user-service, in-process, on a SQLite file of its own; its
+/// `data_sync` events go to the test's queue.
+pub(crate) struct UserServiceApp {
+    pub(crate) grpc_addr: std::net::SocketAddr,
+    shutdown: Shutdown,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+    dir: PathBuf,
+}
+
+impl UserServiceApp {
+    /// Starts it on `grpc_addr` (port 0 picks one).
+    pub(crate) async fn start(grpc_addr: std::net::SocketAddr, queues: &TestQueues) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "switchyard-worker-users-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = user_service::Config {
+            grpc_addr,
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            ops_addr: "127.0.0.1:0".parse().unwrap(),
+            database_url: SecretUrl::new(format!("sqlite://{}/users.db?mode=rwc", dir.display())),
+            amqp_url: SecretUrl::new(queues.url.clone()),
+            data_sync_queue: queues.data_sync.clone(),
+            outbox_poll_interval: Duration::from_millis(100),
+            drain_delay: Duration::ZERO,
+            ..user_service::Config::default()
+        };
+        let app = user_service::Application::build(config)
+            .await
+            .expect("user-service builds");
+        let grpc_addr = app.grpc_addr();
+        let shutdown = Shutdown::new();
+        let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        UserServiceApp {
+            grpc_addr,
+            shutdown,
+            handle: Some(handle),
+            dir,
+        }
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    /// Creates a user through the real client, retrying while the server starts.
+    pub(crate) async fn create_user(&self, user_id: &str, name: &str, email: &str) {
+        let client =
+            user_service::client::UserClient::connect_lazy(user_service::client::ClientConfig {
+                url: self.url(),
+                ..Default::default()
+            })
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let created = client
+                .create_user(common::proto::user::v1::CreateUserRequest {
+                    user_id: user_id.into(),
+                    name: name.into(),
+                    age: 30,
+                    email: email.into(),
+                })
+                .await;
+            match created {
+                Ok(_) => return,
+                Err(error) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(%error, "user-service not ready yet");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(error) => panic!("cannot create {user_id}: {error}"),
+            }
+        }
+    }
+
+    pub(crate) async fn stop(mut self) {
+        self.shutdown.trigger();
+        if let Some(handle) = self.handle.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), handle).await;
+        }
+    }
+}
+
+impl Drop for UserServiceApp {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Consumers on `queue` right now.
+pub(crate) async fn consumers(queues: &TestQueues, queue: &str) -> u32 {
+    queues
+        .channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap()
+        .consumer_count()
+}
+
+/// Polls until `queue` has `count` consumers, at most 30 s.
+pub(crate) async fn wait_for_consumers(queues: &TestQueues, queue: &str, count: u32) -> u32 {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = consumers(queues, queue).await;
+        if now == count || tokio::time::Instant::now() > deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub(crate) fn free_local_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}

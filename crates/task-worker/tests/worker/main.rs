@@ -9,10 +9,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{codec::ContentType, shutdown::Shutdown, task::Task};
+use common::{
+    circuit_breaker::{BreakerConfig, BreakerState},
+    codec::ContentType,
+    shutdown::Shutdown,
+    task::Task,
+};
 use helpers::{
-    Concurrency, Flaky, RabbitNode, SlowSleep, TestQueues, TestWorker, WorkerProcess, done_ids,
-    http_get, sleep_task, task,
+    Concurrency, Flaky, RabbitNode, SlowSleep, TestQueues, TestWorker, UserServiceApp,
+    WorkerProcess, done_ids, free_local_addr, http_get, sleep_task, task, wait_for_consumers,
 };
 use lapin::{
     BasicProperties,
@@ -534,4 +539,145 @@ async fn nothing_is_lost_when_rabbitmq_restarts_under_a_producer_and_a_consumer(
     shutdown.trigger();
     worker.stop().await;
     drop(queues);
+}
+
+#[tokio::test]
+async fn notify_looks_the_owner_up_and_dead_letters_an_unknown_one() {
+    // Arrange: the real user-service with one user; its data_sync events
+    // feed the worker's contact directory.
+    let queues = TestQueues::new().await;
+    let users = UserServiceApp::start("127.0.0.1:0".parse().unwrap(), &queues).await;
+    users
+        .create_user("u-notify-1", "Alice", "alice@example.com")
+        .await;
+    let mut worker = TestWorker::start(task_worker::Config {
+        user_service_url: users.url(),
+        ..queues.config()
+    })
+    .await;
+    let known = task(
+        "notify",
+        json!({"owner_id": "u-notify-1", "alert_id": "a-1", "sensor_id": "temp-001",
+               "kind": "temperature", "severity": "critical", "value": 41.5, "threshold": 40.0}),
+    );
+    let unknown = task(
+        "notify",
+        json!({"owner_id": "u-nobody", "severity": "warning"}),
+    );
+
+    // Act
+    publish_all(
+        &queues,
+        &[known.clone(), unknown.clone()],
+        ContentType::Protobuf,
+    )
+    .await;
+    let events = worker
+        .collect_until(Duration::from_secs(30), |e| e.len() == 2)
+        .await;
+
+    // Assert
+    let outcomes: HashMap<String, TaskOutcome> =
+        events.into_iter().map(|e| (e.task_id, e.outcome)).collect();
+    assert_eq!(outcomes[&known.id], TaskOutcome::Done);
+    assert_eq!(
+        outcomes[&unknown.id],
+        TaskOutcome::DeadLettered {
+            reason: "not_found".into()
+        },
+        "a missing owner is permanent, not a retry loop"
+    );
+    let letter = queues.get(&queues.dlq()).await.expect("dead letter");
+    assert_eq!(
+        header_text(&letter.delivery.properties, headers::REASON),
+        "not_found"
+    );
+    let metrics = http_get(worker.ops_addr, "/metrics").await;
+    assert!(
+        metrics.contains(r#"notifications_sent_total{severity="critical"}"#),
+        "{metrics}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut contacts = String::new();
+    while Instant::now() < deadline && !contacts.contains("alice@example.com") {
+        contacts = http_get(worker.ops_addr, "/contacts").await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        contacts.contains("u-notify-1"),
+        "user_created reached the directory: {contacts}"
+    );
+    worker.stop().await;
+    users.stop().await;
+}
+
+#[tokio::test]
+async fn an_open_breaker_pauses_consumption_and_half_open_resumes_it() {
+    // Arrange: the worker points at a user-service address where nothing
+    // listens yet; its breaker opens after two failed lookups.
+    let queues = TestQueues::new().await;
+    let user_service_addr = free_local_addr();
+    let config = task_worker::Config {
+        user_service_url: format!("http://{user_service_addr}"),
+        user_service_timeout: Duration::from_millis(500),
+        user_service_breaker: BreakerConfig {
+            failure_threshold: 2,
+            window: Duration::from_secs(30),
+            open_duration: Duration::from_secs(2),
+            half_open_probes: 1,
+            half_open_successes: 1,
+        },
+        max_attempts: 50,
+        ..queues.config()
+    };
+    let worker = task_worker::Worker::build(config).await.unwrap();
+    let breaker = worker.breaker().expect("notify has a breaker");
+    let mut worker = TestWorker::run(worker);
+    let tasks: Vec<Task> = (0..3)
+        .map(|i| task("notify", json!({"owner_id": "u-breaker-1", "alert_id": format!("a-{i}"), "severity": "warning"})))
+        .collect();
+
+    // Act 1: user-service is down.
+    publish_all(&queues, &tasks, ContentType::Json).await;
+    let opened = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut state = breaker.subscribe();
+        state.wait_for(|s| *s == BreakerState::Open).await.is_ok()
+    })
+    .await;
+
+    // Assert 1: open breaker, no consumer on the work queue.
+    assert_eq!(opened, Ok(true), "the breaker opened");
+    assert_eq!(
+        wait_for_consumers(&queues, &queues.queue, 0).await,
+        0,
+        "consumption paused while the breaker is open"
+    );
+
+    // Act 2: user-service comes up at that address, with the owner.
+    let users = UserServiceApp::start(user_service_addr, &queues).await;
+    users
+        .create_user("u-breaker-1", "Bob", "bob@example.com")
+        .await;
+    let events = worker
+        .collect_until(Duration::from_secs(60), |e| done_ids(e).len() == 3)
+        .await;
+
+    // Assert 2: resumed at half-open, the probe closed the breaker, all done,
+    // and nothing burned its attempts into the DLQ.
+    assert_eq!(done_ids(&events).len(), 3, "{events:?}");
+    assert_eq!(breaker.state(), BreakerState::Closed);
+    assert_eq!(
+        wait_for_consumers(&queues, &queues.queue, 1).await,
+        1,
+        "consuming again"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| !matches!(e.outcome, TaskOutcome::DeadLettered { .. })),
+        "{events:?}"
+    );
+    assert_eq!(queues.depth(&queues.dlq()).await, 0);
+    worker.stop().await;
+    users.stop().await;
 }
