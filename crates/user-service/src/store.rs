@@ -127,6 +127,11 @@ impl UserStore {
         let pool = AnyPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
+            // No ping before every query: it doubles the round trips (for
+            // SQLite, the hand-offs to the connection's thread). A connection
+            // that broke fails its query as UNAVAILABLE, is discarded, and the
+            // client's retry gets a fresh one.
+            .test_before_acquire(false)
             .connect(&connect_url)
             .await
             .map_err(StoreError::Connect)?;
