@@ -9,11 +9,13 @@
 
 use std::{
     collections::HashMap,
+    panic::AssertUnwindSafe,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use common::{codec::Codec, propagation, task::Task};
+use futures::FutureExt;
 use lapin::{
     Channel,
     message::Delivery,
@@ -212,7 +214,19 @@ async fn handle(
     };
 
     let started = Instant::now();
-    let result = handler.handle(&task).await;
+    // A panicking handler must not take the consumer down with it: the task
+    // would come back and panic again forever. It is a permanent failure.
+    let result = match AssertUnwindSafe(handler.handle(&task)).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "handler panicked".to_string());
+            Err(HandlerError::permanent("handler_panicked", message))
+        }
+    };
     let elapsed = started.elapsed();
     let kind = task.kind.clone();
     match result {

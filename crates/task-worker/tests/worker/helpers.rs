@@ -738,3 +738,13 @@ pub(crate) fn free_local_addr() -> std::net::SocketAddr {
         .local_addr()
         .unwrap()
 }
+
+/// A handler with a bug: it panics.
+#[derive(Debug)]
+pub(crate) struct Panics;
+
+impl TaskHandler for Panics {
+    fn handle<'a>(&'a self, _task: &'a Task) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move { panic!("index out of bounds in a handler") })
+    }
+}

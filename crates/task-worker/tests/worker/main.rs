@@ -681,3 +681,35 @@ async fn an_open_breaker_pauses_consumption_and_half_open_resumes_it() {
     worker.stop().await;
     users.stop().await;
 }
+
+#[tokio::test]
+async fn a_panicking_handler_dead_letters_its_task_and_the_worker_goes_on() {
+    // Arrange
+    let queues = TestQueues::new().await;
+    let mut worker =
+        TestWorker::start_with(queues.config(), vec![("buggy", Arc::new(helpers::Panics))]).await;
+    let buggy = task("buggy", json!({}));
+    let after = sleep_task(1);
+
+    // Act
+    publish_all(&queues, &[buggy.clone(), after.clone()], ContentType::Json).await;
+    let events = worker
+        .collect_until(Duration::from_secs(30), |e| e.len() == 2)
+        .await;
+
+    // Assert
+    let outcomes: HashMap<String, TaskOutcome> =
+        events.into_iter().map(|e| (e.task_id, e.outcome)).collect();
+    assert_eq!(
+        outcomes[&buggy.id],
+        TaskOutcome::DeadLettered {
+            reason: "handler_panicked".into()
+        }
+    );
+    assert_eq!(
+        outcomes[&after.id],
+        TaskOutcome::Done,
+        "the consumer survived"
+    );
+    worker.stop().await;
+}
