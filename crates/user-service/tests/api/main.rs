@@ -10,3 +10,4 @@ mod health;
 mod helpers;
 mod http;
 mod reflection;
+mod trace;
