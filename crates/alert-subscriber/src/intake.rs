@@ -9,8 +9,10 @@
 //!   the instances. Each reading is acked only after it was evaluated and,
 //!   if it raised an alert, after the alert was published and its task
 //!   confirmed by RabbitMQ; at most `max_in_flight` readings wait for that at
-//!   once. A crash loses nothing: unacked readings are delivered again after
-//!   `ack_wait_ms`, and the repeated alert carries the same id.
+//!   once; while an alert waits for RabbitMQ its reading's ack deadline is
+//!   extended (`+WPI`), so it is not redelivered meanwhile. A crash loses
+//!   nothing: unacked readings are delivered again after `ack_wait_ms`, and
+//!   the repeated alert carries the same id.
 //!
 //! On shutdown both stop taking readings: core drains its subscriptions
 //! (buffered readings are still evaluated), JetStream stops pulling and
@@ -257,11 +259,27 @@ async fn run_jetstream(
                 Outcome::Rejected => acknowledge(&message, AckKind::Term).await,
                 Outcome::Done | Outcome::Alerted(None) => acknowledge(&message, AckKind::Ack).await,
                 Outcome::Alerted(Some(delivered)) => {
+                    let ack_wait = config.ack_wait_ms;
                     acks.spawn(async move {
-                        if delivered.confirmed().await {
-                            acknowledge(&message, AckKind::Ack).await;
+                        let confirmed = delivered.confirmed();
+                        tokio::pin!(confirmed);
+                        // While RabbitMQ takes its time, tell the server the
+                        // reading is still being worked on: a redelivery now
+                        // would be acked as a duplicate before its alert is safe.
+                        let mut progress = tokio::time::interval(ack_wait / 2);
+                        progress.tick().await;
+                        loop {
+                            tokio::select! {
+                                confirmed = &mut confirmed => {
+                                    if confirmed {
+                                        acknowledge(&message, AckKind::Ack).await;
+                                    }
+                                    // Not confirmed: left unacked, delivered again later.
+                                    break;
+                                }
+                                _ = progress.tick() => acknowledge(&message, AckKind::Progress).await,
+                            }
                         }
-                        // Not confirmed: left unacked, delivered again later.
                         drop(permit);
                     });
                 }

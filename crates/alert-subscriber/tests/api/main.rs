@@ -505,3 +505,75 @@ async fn a_stalled_subscriber_applies_backpressure_and_reports_slow_consumer_dro
         "alerts still held for rabbitmq at shutdown"
     );
 }
+
+#[tokio::test]
+async fn jetstream_mode_holds_readings_while_rabbitmq_is_down_without_redelivery() {
+    // Arrange: readings stored in the stream, RabbitMQ not up yet, and an ack
+    // wait much shorter than the outage.
+    let mut node = RabbitNode::new();
+    let env = TestEnv::on(&helpers::nats_url(), &node.url());
+    let client = env.nats().await;
+    let js = async_nats::jetstream::new(client.clone());
+    common::nats::ensure_sensor_stream(&js, &env.stream, &env.readings)
+        .await
+        .unwrap();
+    let codec = Codec::default();
+    for i in 0..5 {
+        let payload = codec
+            .encode(
+                &reading(&format!("held-{i}"), 45.0, 1),
+                ContentType::Protobuf,
+            )
+            .unwrap();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Content-Type", "application/protobuf");
+        js.publish_with_headers(format!("{}.held-{i}", env.readings), headers, payload)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let mut config = env.config();
+    config.mode = common::nats::DeliveryMode::Jetstream;
+    config.ack_wait_ms = Duration::from_millis(1000);
+    config.publish_timeout_ms = Duration::from_millis(500);
+    let instance = TestAlert::start(config).await;
+
+    // Act: the outage lasts several ack waits.
+    eventually(
+        "5 alerts held for rabbitmq",
+        Duration::from_secs(20),
+        || async { (instance.handoff.pending.load(Ordering::Relaxed) == 5).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    node.boot().await;
+
+    // Assert
+    eventually(
+        "the held alerts confirmed",
+        Duration::from_secs(60),
+        || async { (instance.handoff.confirmed.load(Ordering::Relaxed) == 5).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        instance.counts.duplicates.load(Ordering::Relaxed),
+        0,
+        "no reading was redelivered while its alert waited"
+    );
+    assert_eq!(instance.counts.alerts.load(Ordering::Relaxed), 5);
+    let tasks = env.wait_for_tasks(5).await;
+    assert_eq!(tasks.len(), 5);
+    let stream = js.get_stream(&env.stream).await.unwrap();
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer(&env.durable).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while consumer.info().await.unwrap().num_ack_pending > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readings left unacked"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    instance.stop().await;
+}
