@@ -286,3 +286,49 @@ async fn a_deleted_queue_is_declared_again_instead_of_dropping_the_task() {
     assert_eq!(queues.depth(queues.topology.task_queue()).await, 1);
     assert!(publisher.stats().resent() >= 1);
 }
+
+#[tokio::test]
+async fn a_shutdown_stops_new_tasks_and_waits_for_the_confirms_in_flight() {
+    // Arrange: a long paced job.
+    let queues = TestQueues::new(&[]).await;
+    let config = task_producer::Config {
+        amqp_url: SecretUrl::new(amqp_url()),
+        queue: queues.topology.task_queue().to_string(),
+        ops_addr: "127.0.0.1:0".parse().unwrap(),
+        job: JobConfig {
+            rate: 200.0,
+            duration: Duration::from_secs(60),
+            ..JobConfig::default()
+        },
+        ..task_producer::Config::default()
+    };
+    let shutdown = common::shutdown::Shutdown::new();
+    let job = tokio::spawn(task_producer::run(config, shutdown.clone()));
+
+    // Act
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    shutdown.trigger();
+    let summary = tokio::time::timeout(Duration::from_secs(10), job)
+        .await
+        .expect("the job ends soon after the shutdown")
+        .unwrap()
+        .unwrap();
+
+    // Assert: stopped early, and every task sent was confirmed and is queued.
+    assert!(
+        summary.published > 0 && summary.published < 12_000,
+        "{summary}"
+    );
+    assert_eq!(summary.confirmed, summary.published, "{summary}");
+    assert_eq!(summary.failed, 0);
+    assert_eq!(
+        queues
+            .wait_for_depth(
+                queues.topology.task_queue(),
+                summary.confirmed as u32,
+                Duration::from_secs(10)
+            )
+            .await,
+        summary.confirmed as u32
+    );
+}
