@@ -8,7 +8,8 @@
 #   .github/workflows/ci.yml     check-jsonschema, GitHub workflow schema
 #   deploy/Dockerfile            parsed; its binaries are the workspace's binaries,
 #                                and every command compose and Kubernetes run is one
-#   config files                 TOML / YAML / env syntax, alert rules sane
+#   config files                 TOML / YAML / env syntax, alert rules sane, every
+#                                key given to a service is one it knows
 #   scripts                      bash -n
 #
 # Installs what it needs when missing (pip install --user check-jsonschema
@@ -434,6 +435,47 @@ sys.exit(1 if errors else 0)
 EOF
 }
 check "deploy/config and prometheus.yml: syntax, alert rules, scrape jobs" config_files
+
+# The settings the deploy files give the services must be keys the services
+# know: their Config structs deny unknown fields, so a renamed key would stop
+# a container at start. Checked by name against each crate's source: every
+# SWITCHYARD__KEY variable (compose, Kubernetes) and every top-level key of
+# the alert-subscriber config files must be a `pub key:` field (or a serde
+# rename) of that crate.
+config_keys() {
+    python3 - "$KUBECTL" <<'EOF'
+import glob, re, subprocess, sys, tomllib, yaml
+kubectl = sys.argv[1]
+used = []  # (service, key, where)
+compose = yaml.safe_load(open("docker-compose.yml"))
+for name, svc in compose["services"].items():
+    env = svc.get("environment") or {}
+    items = env.items() if isinstance(env, dict) else (e.split("=", 1) for e in env)
+    for var, _ in items:
+        if var.startswith("SWITCHYARD__") and svc.get("command"):
+            used.append((svc["command"][0], var[len("SWITCHYARD__"):].split("__")[0].lower(), f"compose {name}"))
+for overlay in glob.glob("deploy/k8s/overlays/*/") + ["deploy/k8s/load/"]:
+    rendered = subprocess.run([kubectl, "kustomize", overlay], check=True, capture_output=True, text=True).stdout
+    for doc in yaml.safe_load_all(rendered):
+        if not doc or doc["kind"] not in ("Deployment", "Job"):
+            continue
+        for c in doc["spec"]["template"]["spec"]["containers"]:
+            for e in c.get("env", []):
+                if e["name"].startswith("SWITCHYARD__") and c.get("command"):
+                    used.append((c["command"][0], e["name"][len("SWITCHYARD__"):].split("__")[0].lower(), f"{overlay} {doc['metadata']['name']}"))
+for path in glob.glob("deploy/config/alert-rules/*.toml") + glob.glob("deploy/k8s/base/config/*.toml"):
+    for key in tomllib.load(open(path, "rb")):
+        used.append(("alert-subscriber", key, path))
+errors = []
+for service, key, where in used:
+    sources = " ".join(open(f).read() for f in glob.glob(f"crates/{service}/src/**/*.rs", recursive=True))
+    if not re.search(rf"pub {re.escape(key)}:|rename = \"{re.escape(key)}\"", sources):
+        errors.append(f"{where}: {service} has no config key {key}")
+print("\n".join(errors))
+sys.exit(1 if errors else 0)
+EOF
+}
+check "deploy settings name keys the services know" config_keys
 
 # --------------------------------------------------------------- scripts
 for script in scripts/*.sh deploy/docker/healthcheck deploy/docker/seed-users; do
