@@ -54,6 +54,10 @@ check() {
 export PATH="$HOME/.local/bin:$PATH"
 
 ensure_python_tools() {
+    python3 -c 'import tomllib' 2>/dev/null || {
+        echo "check-deploy needs Python 3.11 or later (tomllib)" >&2
+        exit 2
+    }
     local missing=()
     command -v check-jsonschema >/dev/null || missing+=(check-jsonschema)
     command -v kubernetes-validate >/dev/null || missing+=(kubernetes-validate)
