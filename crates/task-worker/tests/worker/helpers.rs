@@ -565,21 +565,37 @@ impl RabbitNode {
 
     /// Stops the node (a clean broker shutdown, as on a restart).
     pub(crate) fn stop(&self) {
-        let _ = std::process::Command::new("rabbitmqctl")
+        let stopped = std::process::Command::new("rabbitmqctl")
             .args(["-n", &self.name, "stop"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .status();
-        // rabbitmqctl stop returns once the node halted; belt and braces for
-        // a node that did not answer.
-        if let Ok(pid) = std::fs::read_to_string(self.dir.join("rabbitmq.pid")) {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", pid.trim()])
-                .stderr(Stdio::null())
-                .status();
+            .status()
+            .is_ok_and(|status| status.success());
+        if !stopped {
+            self.kill_own_beam();
         }
         if let Some(mut server) = self.server.lock().unwrap().take() {
             let _ = server.wait();
+        }
+    }
+
+    /// Kills the node's Erlang VM when `rabbitmqctl stop` could not: only the
+    /// pid from our pid file, and only if that process really is our node.
+    fn kill_own_beam(&self) {
+        let Ok(pid) = std::fs::read_to_string(self.dir.join("rabbitmq.pid")) else {
+            return;
+        };
+        let pid = pid.trim();
+        let ours = std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
+            environ
+                .split(|byte| *byte == 0)
+                .any(|var| var == format!("RABBITMQ_NODENAME={}", self.name).as_bytes())
+        });
+        if ours {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", pid])
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }
