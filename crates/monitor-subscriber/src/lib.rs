@@ -27,6 +27,7 @@ use std::{
 
 use anyhow::Context as _;
 use axum::{Json, Router, extract::State, routing::get};
+use common::proto::sensor::v1::SensorReading;
 use common::{
     codec::Codec,
     config::{ConfigError, SecretUrl, Validate, duration_ms},
@@ -34,7 +35,7 @@ use common::{
     ops::{OpsServer, Readiness},
     shutdown::Shutdown,
 };
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -272,18 +273,28 @@ impl Application {
             shutdown.token(),
         ));
 
-        let recorder = ReadingRecorder::new(&config.subject_prefix, shared.clone());
+        let mut recorder = ReadingRecorder::new(&config.subject_prefix, shared.clone());
         {
             let mut both = futures::stream::select(&mut readings, &mut bare_readings);
+            let mut batch = Vec::with_capacity(BATCH);
             loop {
-                tokio::select! {
+                let first = tokio::select! {
                     biased;
-                    message = both.next() => match message {
-                        Some(message) => recorder.record(&message),
-                        None => break,
-                    },
+                    message = both.next() => message,
                     () = shutdown.cancelled() => break,
+                };
+                let Some(first) = first else { break };
+                batch.push(first);
+                // Whatever else is already buffered goes in the same batch:
+                // one lock and one clock read for many readings.
+                while batch.len() < BATCH {
+                    match both.next().now_or_never() {
+                        Some(Some(message)) => batch.push(message),
+                        _ => break,
+                    }
                 }
+                recorder.record_all(&batch);
+                batch.clear();
             }
         }
 
@@ -295,7 +306,7 @@ impl Application {
         let drain = async {
             let mut both = futures::stream::select(&mut readings, &mut bare_readings);
             while let Some(message) = both.next().await {
-                recorder.record(&message);
+                recorder.record_all(std::slice::from_ref(&message));
             }
         };
         if tokio::time::timeout(config.drain_grace_ms, drain)
@@ -338,11 +349,15 @@ impl StatsHandle {
     }
 }
 
+/// Readings recorded under one lock, at most.
+const BATCH: usize = 256;
+
 /// Decodes readings and records them.
 struct ReadingRecorder {
     codec: Codec,
     shared: SharedStats,
     received: metrics::Counter,
+    decoded: Vec<SensorReading>,
 }
 
 impl ReadingRecorder {
@@ -353,28 +368,41 @@ impl ReadingRecorder {
             // Labelled by the subscription, not each sensor's subject, so
             // the metric does not grow with the fleet.
             received: metrics::counter!("messages_received_total", "subject" => format!("{subject_prefix}.>")),
+            decoded: Vec::with_capacity(BATCH),
         }
     }
 
-    fn record(&self, message: &async_nats::Message) {
-        self.received.increment(1);
-        match common::nats::decode_reading(&self.codec, &message.payload, message.headers.as_ref())
-        {
-            Ok(reading) => {
-                let second = self.shared.second();
-                self.shared.lock().record(&reading, second);
+    /// Decodes a batch outside the lock, then records it under one lock.
+    fn record_all(&mut self, messages: &[async_nats::Message]) {
+        self.received.increment(messages.len() as u64);
+        let mut rejected = 0;
+        for message in messages {
+            match common::nats::decode_reading(
+                &self.codec,
+                &message.payload,
+                message.headers.as_ref(),
+            ) {
+                Ok(reading) => self.decoded.push(reading),
+                Err(error) => {
+                    rejected += 1;
+                    metrics::counter!("messages_rejected_total", "reason" => error.reason())
+                        .increment(1);
+                    tracing::warn!(
+                        subject = %message.subject,
+                        reason = error.reason(),
+                        %error,
+                        "reading rejected"
+                    );
+                }
             }
-            Err(error) => {
-                metrics::counter!("messages_rejected_total", "reason" => error.reason())
-                    .increment(1);
-                tracing::warn!(
-                    subject = %message.subject,
-                    reason = error.reason(),
-                    %error,
-                    "reading rejected"
-                );
-                self.shared.lock().reject();
-            }
+        }
+        let second = self.shared.second();
+        let mut stats = self.shared.lock();
+        for reading in self.decoded.drain(..) {
+            stats.record(&reading, second);
+        }
+        for _ in 0..rejected {
+            stats.reject();
         }
     }
 }
