@@ -346,13 +346,12 @@ impl UserClient {
             .breaker
             .try_acquire()
             .map_err(ClientError::BreakerOpen)?;
-        let outcome = match tokio::time::timeout(left, attempt(self.grpc.clone(), left)).await {
-            Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) => Err(ClientError::from_status(status)),
-            Err(_elapsed) => Err(ClientError::DeadlineExceeded(format!(
-                "no answer within {} ms",
-                left.as_millis()
-            ))),
+        // No timer of our own: the channel arms one from the request's
+        // `grpc-timeout` (reported as CANCELLED, mapped back to
+        // DEADLINE_EXCEEDED), and the caller's `timeout_at` bounds the rest.
+        let outcome = match attempt(self.grpc.clone(), left).await {
+            Ok(response) => Ok(response.into_inner()),
+            Err(status) => Err(ClientError::from_status(status)),
         };
         match &outcome {
             Err(error) if error.is_outage() => permit.failure(),
