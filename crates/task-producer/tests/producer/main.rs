@@ -332,3 +332,24 @@ async fn a_shutdown_stops_new_tasks_and_waits_for_the_confirms_in_flight() {
         summary.confirmed as u32
     );
 }
+
+#[tokio::test]
+async fn an_oversize_task_is_refused_before_it_reaches_the_broker() {
+    // Arrange
+    let queues = TestQueues::new(&[]).await;
+    let publisher = TaskPublisher::start(queues.publisher_config(), queues.shutdown.clone());
+    let payload = json!({ "blob": "x".repeat(2 * 1024 * 1024) });
+    let huge = Task::new("huge-1", "sleep", payload.as_object().cloned().unwrap());
+
+    // Act
+    let error = publisher.publish(&huge).await.unwrap_err();
+
+    // Assert
+    assert!(matches!(error, PublishError::Encode(_)), "{error}");
+    assert!(!error.is_retryable());
+    publisher
+        .publish(&sleep_task(1))
+        .await
+        .expect("the next one goes through");
+    assert_eq!(queues.depth(queues.topology.task_queue()).await, 1);
+}

@@ -245,7 +245,7 @@ async fn a_poison_task_is_dead_lettered_after_max_attempts_with_the_delays_respe
 }
 
 #[tokio::test]
-async fn unknown_kinds_and_undecodable_bodies_go_to_the_dlq_at_once() {
+async fn unknown_kinds_undecodable_and_oversize_bodies_go_to_the_dlq_at_once() {
     // Arrange
     let queues = TestQueues::new().await;
     let mut worker = TestWorker::start(queues.config()).await;
@@ -275,8 +275,20 @@ async fn unknown_kinds_and_undecodable_bodies_go_to_the_dlq_at_once() {
         .unwrap()
         .await
         .unwrap();
+    channel
+        .basic_publish(
+            "".into(),
+            queues.queue.as_str().into(),
+            BasicPublishOptions::default(),
+            &vec![b'{'; 2 * 1024 * 1024],
+            BasicProperties::default().with_message_id("oversize-1".into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     let events = worker
-        .collect_until(Duration::from_secs(30), |e| e.len() == 2)
+        .collect_until(Duration::from_secs(30), |e| e.len() == 3)
         .await;
 
     // Assert
@@ -302,14 +314,27 @@ async fn unknown_kinds_and_undecodable_bodies_go_to_the_dlq_at_once() {
             }
         )
     );
-    assert_eq!(queues.wait_for_depth(&queues.dlq(), 2).await, 2);
+    assert_eq!(
+        reasons["oversize-1"],
+        (
+            1,
+            TaskOutcome::DeadLettered {
+                reason: "too_large".into()
+            }
+        )
+    );
+    assert_eq!(queues.wait_for_depth(&queues.dlq(), 3).await, 3);
     let mut dlq_reasons = HashSet::new();
     while let Some(letter) = queues.get(&queues.dlq()).await {
         dlq_reasons.insert(header_text(&letter.delivery.properties, headers::REASON));
     }
     assert_eq!(
         dlq_reasons,
-        HashSet::from(["unknown_kind".into(), "invalid_json".into()])
+        HashSet::from([
+            "unknown_kind".into(),
+            "invalid_json".into(),
+            "too_large".into()
+        ])
     );
     worker.stop().await;
 }
