@@ -3,11 +3,17 @@
 //! The schedule is absolute (reading `n` is due at `start + n / rate`), so a
 //! slow publish is caught up on instead of slowing the whole run down, and
 //! high rates do not depend on the timer's millisecond resolution: every
-//! reading already due goes out without sleeping.
+//! reading already due goes out without sleeping. A publisher that fell far
+//! behind (starved of CPU, stalled on a reconnect) does not burst to catch
+//! up, though: past [`MAX_LAG`] the schedule restarts from now, as real
+//! sensors would simply have sent later.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+/// How far behind schedule the pacer may fall before it stops catching up.
+pub const MAX_LAG: Duration = Duration::from_millis(50);
 
 /// Decides when the next reading is due.
 #[derive(Debug)]
@@ -35,8 +41,13 @@ impl Pacer {
 
     /// Waits until the next reading is due and counts it as released.
     pub async fn wait(&mut self) {
-        if let Some(due) = self.next_due() {
-            tokio::time::sleep_until(due).await;
+        if let (Some(due), Some(interval)) = (self.next_due(), self.interval) {
+            let now = Instant::now();
+            if now > due + MAX_LAG {
+                self.start = now - interval.saturating_mul(self.released);
+            } else {
+                tokio::time::sleep_until(due).await;
+            }
         }
         self.released = self.released.wrapping_add(1);
         if self.released == u32::MAX {
@@ -62,6 +73,24 @@ mod tests {
         assert!(
             elapsed >= Duration::from_millis(1000) && elapsed < Duration::from_millis(1020),
             "{elapsed:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_publisher_far_behind_does_not_burst_to_catch_up() {
+        let mut pacer = Pacer::new(1000.0);
+        pacer.wait().await;
+        // Stalled for a second: 1000 readings behind.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        pacer.wait().await;
+        let start = Instant::now();
+        for _ in 0..100 {
+            pacer.wait().await;
+        }
+        let elapsed = start.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(99),
+            "paced again, not a burst: {elapsed:?}"
         );
     }
 
