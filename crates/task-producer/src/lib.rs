@@ -146,7 +146,8 @@ pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<Summary> 
     });
 
     let summary = job::publish(&publisher, &config.job, &shutdown).await;
-    drop(publisher);
+    // A clean close: the broker sees a goodbye, not a dropped socket.
+    publisher.close().await;
     follow.abort();
     ops_stop.trigger();
     if let Some(Err(error)) = match ops {

@@ -18,8 +18,8 @@
 //! which is why workers are idempotent by task id).
 //!
 //! When the service's shutdown fires, the publisher stops reconnecting but
-//! keeps a live connection until the last handle is dropped, so work still
-//! draining can publish.
+//! keeps a live connection until the last handle is dropped or
+//! [`TaskPublisher::close`] is called, so work still draining can publish.
 
 use std::{
     sync::{
@@ -44,6 +44,7 @@ use lapin::{
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
 use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::topology::{DEFAULT_TASK_QUEUE, Topology};
@@ -153,6 +154,8 @@ struct Inner {
     /// Generations whose channel failed; the background task reconnects.
     /// Dropping the last handle closes this and ends the background task.
     broken: mpsc::UnboundedSender<u64>,
+    /// Fired by [`TaskPublisher::close`].
+    closing: CancellationToken,
     stats: PublisherStats,
     /// `messages_published_total{queue}`, resolved once.
     published: metrics::Counter,
@@ -173,12 +176,14 @@ impl TaskPublisher {
         let (link_tx, link_rx) = watch::channel(None);
         let (connected_tx, connected_rx) = watch::channel(false);
         let (broken_tx, broken_rx) = mpsc::unbounded_channel();
+        let closing = CancellationToken::new();
         let inner = Arc::new(Inner {
             window: Semaphore::new(config.max_unconfirmed.max(1)),
             codec: Codec::default(),
             link: link_rx,
             connected: connected_rx,
             broken: broken_tx,
+            closing: closing.clone(),
             stats: PublisherStats::default(),
             published: {
                 // The handle binds to the recorder installed now; make sure it is ours.
@@ -195,6 +200,7 @@ impl TaskPublisher {
             connected_tx,
             broken_rx,
             shutdown,
+            closing,
         ));
         TaskPublisher { inner }
     }
@@ -246,6 +252,16 @@ impl TaskPublisher {
             }
         }
         result
+    }
+
+    /// Closes the connection cleanly and waits until it is closed. Publishes
+    /// still waiting for a confirm fail with [`PublishError::Closed`]; so does
+    /// every later publish, through any clone.
+    pub async fn close(&self) {
+        self.inner.closing.cancel();
+        let mut link = self.inner.link.clone();
+        // The background task drops the sender once the connection is closed.
+        while link.changed().await.is_ok() {}
     }
 
     /// `true` while connected with the topology declared.
@@ -362,12 +378,14 @@ async fn maintain_connection(
     connected: watch::Sender<bool>,
     mut broken: mpsc::UnboundedReceiver<u64>,
     shutdown: Shutdown,
+    closing: CancellationToken,
 ) {
     let topology = Topology::new(config.queue.clone());
     let mut generation = 0u64;
     loop {
         let established = tokio::select! {
             () = shutdown.cancelled() => None,
+            () = closing.cancelled() => None,
             established = connect_with_backoff(&config, &topology) => Some(established),
         };
         let Some((connection, channel)) = established else {
@@ -384,6 +402,7 @@ async fn maintain_connection(
         let mut events = connection.events_listener();
         let keep_going = loop {
             tokio::select! {
+                () = closing.cancelled() => break false,
                 event = events.next() => match event {
                     Some(lapin::Event::Error(error)) => {
                         warn!(error = %error, "task publisher connection lost");

@@ -353,3 +353,21 @@ async fn an_oversize_task_is_refused_before_it_reaches_the_broker() {
         .expect("the next one goes through");
     assert_eq!(queues.depth(queues.topology.task_queue()).await, 1);
 }
+
+#[tokio::test]
+async fn a_closed_publisher_refuses_to_publish() {
+    // Arrange
+    let queues = TestQueues::new(&[]).await;
+    let publisher = TaskPublisher::start(queues.publisher_config(), queues.shutdown.clone());
+    publisher.publish(&sleep_task(1)).await.unwrap();
+
+    // Act
+    tokio::time::timeout(Duration::from_secs(10), publisher.close())
+        .await
+        .expect("closes promptly");
+
+    // Assert
+    let error = publisher.clone().publish(&sleep_task(1)).await.unwrap_err();
+    assert!(matches!(error, PublishError::Closed), "{error}");
+    assert!(!*publisher.connected().borrow());
+}
