@@ -738,3 +738,61 @@ async fn a_panicking_handler_dead_letters_its_task_and_the_worker_goes_on() {
     );
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn user_events_keep_the_directory_current_and_bad_ones_are_parked() {
+    // Arrange
+    let queues = TestQueues::new().await;
+    let worker = task_worker::Worker::build(queues.config()).await.unwrap();
+    let contacts = worker.contacts();
+    let worker = TestWorker::run(worker);
+    let channel = queues.connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let events: [&[u8]; 5] = [
+        br#"{"event":"user_created","data":{"id":"u-7","name":"Carol","email":"c@x"},"event_id":"e1","occurred_at":10}"#,
+        br#"{"event":"user_updated","data":{"id":"u-7","name":"Caroline"},"event_id":"e2","occurred_at":20}"#,
+        // The first event again (a redelivery): must not roll the name back.
+        br#"{"event":"user_created","data":{"id":"u-7","name":"Carol","email":"c@x"},"event_id":"e1","occurred_at":10}"#,
+        br#"{"event":"user_renamed","data":{"id":"u-7"}}"#,
+        br#"{"event":"user_created","data":{"id":1001,"name":"Alice"}}"#,
+    ];
+
+    // Act
+    for body in events {
+        channel
+            .basic_publish(
+                "".into(),
+                queues.data_sync.as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into()),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while contacts.get("1001").is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Assert
+    let carol = contacts.get("u-7").expect("u-7 known");
+    assert_eq!(carol.name.as_deref(), Some("Caroline"));
+    assert_eq!(carol.email.as_deref(), Some("c@x"));
+    assert_eq!(contacts.get("1001").unwrap().name.as_deref(), Some("Alice"));
+    let parked = task_worker::data_sync::dead_letter_queue(&queues.data_sync);
+    assert_eq!(queues.wait_for_depth(&parked, 1).await, 1);
+    let letter = queues.get(&parked).await.unwrap();
+    assert_eq!(
+        header_text(&letter.delivery.properties, headers::REASON),
+        "invalid_message"
+    );
+    worker.stop().await;
+}
