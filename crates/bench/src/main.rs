@@ -4,8 +4,9 @@
 //! Run release builds: `cargo run --release -p bench -- <scenario>`.
 
 mod codec;
-mod workqueue;
+mod grpc;
 mod pubsub;
+mod workqueue;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +25,8 @@ enum Scenario {
     Workqueue(workqueue::Args),
     /// NATS pub-sub: sensor-publisher -> monitor-subscriber vs raw async-nats; JetStream publishing.
     Pubsub(pubsub::Args),
+    /// gRPC request-reply: user-service GetUser vs a raw tonic Health/Check, at concurrency 1 and 32.
+    Grpc(grpc::Args),
 }
 
 #[tokio::main]
@@ -32,5 +35,6 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Codec(args) => codec::run(args).await,
         Scenario::Workqueue(args) => workqueue::run(args).await,
         Scenario::Pubsub(args) => pubsub::run(args).await,
+        Scenario::Grpc(args) => grpc::run(args).await,
     }
 }
