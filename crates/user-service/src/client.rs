@@ -73,14 +73,14 @@ impl Default for ClientConfig {
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// No such user.
-    #[error("not found: {0}")]
+    /// No such user (the server's message names the id).
+    #[error("{0}")]
     NotFound(String),
     /// The request was invalid; the message names the field.
-    #[error("invalid argument: {0}")]
+    #[error("{0}")]
     InvalidArgument(String),
-    /// The user exists already.
-    #[error("already exists: {0}")]
+    /// The user exists already (the server's message names the id).
+    #[error("{0}")]
     AlreadyExists(String),
     /// The server (or its database) could not be reached, after retries.
     #[error("user-service unavailable: {0}")]

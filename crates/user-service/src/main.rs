@@ -9,7 +9,7 @@ use common::{config::ConfigSource, shutdown::Shutdown};
 
 /// The user directory over gRPC and JSON/HTTP.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Cli {
     /// TOML config file (also `CONFIG_FILE`); the environment overrides it.
     #[arg(long)]

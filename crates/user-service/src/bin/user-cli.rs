@@ -25,7 +25,7 @@ use user_service::client::{ClientConfig, ClientError, UserClient};
 
 /// Manage the users of a user-service.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Cli {
     /// The user-service gRPC endpoint.
     #[arg(
@@ -51,27 +51,40 @@ enum Command {
     Create {
         /// The new user's id (letters, digits, '.', '_', '-').
         user_id: String,
+        /// Display name.
         #[arg(long)]
         name: String,
+        /// Age in years, 0 to 150.
         #[arg(long)]
         age: i32,
+        /// Contact address (optional).
         #[arg(long, default_value = "")]
         email: String,
     },
     /// Show one user.
-    Get { user_id: String },
+    Get {
+        /// The user's id.
+        user_id: String,
+    },
     /// Replace a user's name, age and email.
     Update {
+        /// The user's id.
         user_id: String,
+        /// New display name.
         #[arg(long)]
         name: String,
+        /// New age in years, 0 to 150.
         #[arg(long)]
         age: i32,
+        /// New contact address (empty when omitted).
         #[arg(long, default_value = "")]
         email: String,
     },
     /// Delete a user.
-    Delete { user_id: String },
+    Delete {
+        /// The user's id.
+        user_id: String,
+    },
     /// List users ordered by id, a page at a time.
     List {
         /// Users per page (0: the server's default).
