@@ -198,3 +198,39 @@ async fn json_errors_have_statuses_and_bodies(db: Db) {
     }
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_requests_are_bounded_in_size_and_time() {
+    let app = TestApp::spawn_with(Db::Sqlite, |config| {
+        config.max_message_bytes = 4096;
+        config.request_timeout = std::time::Duration::from_millis(400);
+    })
+    .await;
+    let http = reqwest::Client::new();
+    app.create_user("u-1", "Alice", 30).await;
+
+    // Too large: 413 with the JSON error body, nothing stored.
+    let response = http
+        .post(app.http_url("/v1/users"))
+        .json(&json!({"user_id": "u-big", "name": "x".repeat(10_000), "age": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "INVALID_ARGUMENT");
+
+    // Too slow (the table is locked by another client): 504.
+    let lock = app.db.lock_users().await;
+    let response = http
+        .put(app.http_url("/v1/users/u-1"))
+        .json(&json!({"name": "Late", "age": 31}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 504);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "DEADLINE_EXCEEDED");
+    lock.release().await;
+    app.stop().await;
+}
