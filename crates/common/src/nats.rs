@@ -30,7 +30,7 @@ use async_nats::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    codec::{CONTENT_TYPE_HEADER, Codec, CodecError},
+    codec::{CONTENT_TYPE_HEADER, Codec, CodecError, ContentType},
     config::SecretUrl,
     ops::Readiness,
     proto::sensor::v1::SensorReading,
@@ -165,10 +165,49 @@ pub fn decode_reading(
     payload: &[u8],
     headers: Option<&async_nats::HeaderMap>,
 ) -> Result<SensorReading, CodecError> {
+    let mut reading = SensorReading::default();
+    decode_reading_into(codec, payload, headers, &mut reading)?;
+    Ok(reading)
+}
+
+/// [`decode_reading`] into an existing reading, reusing its strings' memory
+/// (Protobuf): a subscriber that decodes hundreds of thousands of readings a
+/// second saves most of its allocations. On error `reading` holds garbage.
+pub fn decode_reading_into(
+    codec: &Codec,
+    payload: &[u8],
+    headers: Option<&async_nats::HeaderMap>,
+    reading: &mut SensorReading,
+) -> Result<(), CodecError> {
     let content_type = headers
         .and_then(|headers| headers.get(CONTENT_TYPE_HEADER))
         .map(|value| value.as_str());
-    let reading: SensorReading = codec.decode_with_header(payload, content_type)?;
+    match ContentType::from_header(content_type)? {
+        ContentType::Protobuf => {
+            if payload.len() > codec.max_payload() {
+                return Err(CodecError::TooLarge {
+                    size: payload.len(),
+                    limit: codec.max_payload(),
+                });
+            }
+            // Every field back to its default, keeping the strings' capacity;
+            // proto3 leaves default values out, so nothing may linger.
+            reading.sensor_id.clear();
+            reading.kind.clear();
+            reading.unit.clear();
+            reading.value = 0.0;
+            reading.timestamp = 0;
+            reading.seq = 0;
+            reading.site = None;
+            reading.owner_id = None;
+            prost::Message::merge(reading, payload)?;
+        }
+        ContentType::Json => *reading = codec.decode(payload, ContentType::Json)?,
+    }
+    check_reading(reading)
+}
+
+fn check_reading(reading: &SensorReading) -> Result<(), CodecError> {
     if reading.sensor_id.is_empty()
         || reading
             .sensor_id
@@ -186,7 +225,7 @@ pub fn decode_reading(
             reading.value
         )));
     }
-    Ok(reading)
+    Ok(())
 }
 
 /// `<prefix>.<sensor_id>`, e.g. `sensor.data.temp-001`.
@@ -263,6 +302,42 @@ mod tests {
             reason(br#"{"sensor_id":"","kind":"k","value":1,"timestamp":1}"#),
             "invalid_message"
         );
+    }
+
+    #[test]
+    fn decoding_into_a_used_reading_leaves_nothing_of_the_old_one() {
+        let codec = Codec::default();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(CONTENT_TYPE_HEADER, "application/protobuf");
+        let full = SensorReading {
+            sensor_id: "t-1".into(),
+            kind: "temperature".into(),
+            value: 31.5,
+            unit: "celsius".into(),
+            timestamp: 7,
+            seq: 9,
+            site: Some("plant-a".into()),
+            owner_id: Some("u-1".into()),
+        };
+        // Zero value, no unit, no site, no owner: all left out on the wire.
+        let sparse = SensorReading {
+            sensor_id: "t-2".into(),
+            kind: "humidity".into(),
+            ..Default::default()
+        };
+        let mut reading = SensorReading::default();
+        for expected in [&full, &sparse, &full] {
+            let bytes = codec.encode(expected, ContentType::Protobuf).unwrap();
+            decode_reading_into(&codec, &bytes, Some(&headers), &mut reading).unwrap();
+            assert_eq!(&reading, expected);
+        }
+        let json = codec.encode(&sparse, ContentType::Json).unwrap();
+        decode_reading_into(&codec, &json, None, &mut reading).unwrap();
+        assert_eq!(reading, sparse);
+        let too_big = vec![0u8; 64];
+        let error = decode_reading_into(&Codec::new(16), &too_big, Some(&headers), &mut reading)
+            .unwrap_err();
+        assert_eq!(error.reason(), "too_large");
     }
 
     #[test]

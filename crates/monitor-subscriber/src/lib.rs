@@ -368,41 +368,49 @@ impl ReadingRecorder {
             // Labelled by the subscription, not each sensor's subject, so
             // the metric does not grow with the fleet.
             received: metrics::counter!("messages_received_total", "subject" => format!("{subject_prefix}.>")),
-            decoded: Vec::with_capacity(BATCH),
+            // Reused batch after batch: decoding into them keeps their
+            // strings' memory.
+            decoded: vec![SensorReading::default(); BATCH],
         }
     }
 
     /// Decodes a batch outside the lock, then records it under one lock.
     fn record_all(&mut self, messages: &[async_nats::Message]) {
         self.received.increment(messages.len() as u64);
+        let mut decoded = 0;
         let mut rejected = 0;
-        for message in messages {
-            match common::nats::decode_reading(
-                &self.codec,
-                &message.payload,
-                message.headers.as_ref(),
-            ) {
-                Ok(reading) => self.decoded.push(reading),
-                Err(error) => {
-                    rejected += 1;
-                    metrics::counter!("messages_rejected_total", "reason" => error.reason())
-                        .increment(1);
-                    tracing::warn!(
-                        subject = %message.subject,
-                        reason = error.reason(),
-                        %error,
-                        "reading rejected"
-                    );
+        for chunk in messages.chunks(BATCH) {
+            for message in chunk {
+                match common::nats::decode_reading_into(
+                    &self.codec,
+                    &message.payload,
+                    message.headers.as_ref(),
+                    &mut self.decoded[decoded],
+                ) {
+                    Ok(()) => decoded += 1,
+                    Err(error) => {
+                        rejected += 1;
+                        metrics::counter!("messages_rejected_total", "reason" => error.reason())
+                            .increment(1);
+                        tracing::warn!(
+                            subject = %message.subject,
+                            reason = error.reason(),
+                            %error,
+                            "reading rejected"
+                        );
+                    }
                 }
             }
-        }
-        let second = self.shared.second();
-        let mut stats = self.shared.lock();
-        for reading in self.decoded.drain(..) {
-            stats.record(&reading, second);
-        }
-        for _ in 0..rejected {
-            stats.reject();
+            let second = self.shared.second();
+            let mut stats = self.shared.lock();
+            for reading in &self.decoded[..decoded] {
+                stats.record(reading, second);
+            }
+            for _ in 0..rejected {
+                stats.reject();
+            }
+            decoded = 0;
+            rejected = 0;
         }
     }
 }
