@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 /// How one delivery ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskOutcome {
-    /// The handler finished; the task was acked and remembered as done.
+    /// The handler finished; the task is remembered as done and acked (if
+    /// the ack is lost with the connection, the redelivery comes back as
+    /// [`TaskOutcome::Duplicate`], not as a second run).
     Done,
     /// A transient failure: the task went to a retry tier with this delay.
     Retried {

@@ -231,11 +231,13 @@ async fn handle(
     let kind = task.kind.clone();
     match result {
         Ok(()) => {
-            delivery.acker.ack(BasicAckOptions::default()).await?;
+            // Remembered before the ack: if the ack is lost with the
+            // connection, the redelivery is recognised instead of redone.
             context.finished.insert(&task.id);
             context.metrics.record(&kind, Outcome::Ok, elapsed);
             info!(task_id = %task.id, duration_ms = elapsed.as_millis() as u64, "task done");
             let _ = context.events.send(event(TaskOutcome::Done));
+            delivery.acker.ack(BasicAckOptions::default()).await?;
             Ok(Next::Continue)
         }
         Err(HandlerError::Transient(error)) => {
