@@ -18,7 +18,7 @@ use std::{sync::Arc, time::Duration};
 
 use common::{config::SecretUrl, retry::RetryPolicy};
 use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties,
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
     options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable, LongString},
 };
@@ -43,6 +43,10 @@ pub enum RelayError {
     /// The broker refused to take an event.
     #[error("rabbitmq nacked event {0}")]
     Nacked(String),
+    /// The broker had no queue to route the event to (it was deleted);
+    /// reconnecting declares it again.
+    #[error("rabbitmq returned event {0}: no queue to route it to")]
+    Unroutable(String),
     /// No confirm came in time.
     #[error("no confirm from rabbitmq within {0:?}")]
     ConfirmTimeout(Duration),
@@ -205,7 +209,12 @@ impl OutboxRelay {
                 .basic_publish(
                     "".into(),
                     queue.into(),
-                    BasicPublishOptions::default(),
+                    // Mandatory: if the queue was deleted under us, the broker
+                    // returns the message instead of dropping it.
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
                     event.payload.as_bytes(),
                     properties(event),
                 )
@@ -216,8 +225,14 @@ impl OutboxRelay {
             let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
                 .await
                 .map_err(|_| RelayError::ConfirmTimeout(CONFIRM_TIMEOUT))??;
-            if !confirmation.is_ack() {
-                return Err(RelayError::Nacked(event.event_id.clone()));
+            match confirmation {
+                Confirmation::Ack(None) => {}
+                Confirmation::Ack(Some(_returned)) => {
+                    return Err(RelayError::Unroutable(event.event_id.clone()));
+                }
+                Confirmation::Nack(_) | Confirmation::NotRequested => {
+                    return Err(RelayError::Nacked(event.event_id.clone()));
+                }
             }
             metrics::counter!("messages_published_total", "queue" => queue.to_string())
                 .increment(1);

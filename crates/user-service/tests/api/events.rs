@@ -123,3 +123,29 @@ async fn events_wait_in_the_outbox_while_rabbitmq_is_unreachable() {
     app.stop().await;
     drop(proxy);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_for_a_vanished_queue_is_kept_and_sent_once_it_is_declared_again() {
+    // Arrange: the relay is connected and its queue exists.
+    let app = TestApp::spawn(Db::Sqlite).await;
+    app.create_user("u-1", "Alice", 30).await;
+    app.queue
+        .next_message(Duration::from_secs(20))
+        .await
+        .expect("the first event");
+
+    // Act: the queue disappears, then a change commits.
+    app.queue.delete_now().await;
+    app.create_user("u-2", "Bob", 40).await;
+
+    // Assert: the broker returned it instead of dropping it; the relay
+    // declared the queue again and the event arrives.
+    let message = app
+        .queue
+        .next_message(Duration::from_secs(30))
+        .await
+        .expect("the event after the queue was declared again");
+    let body: Value = serde_json::from_slice(&message.delivery.data).unwrap();
+    assert_eq!(body["data"]["id"], "u-2");
+    app.stop().await;
+}

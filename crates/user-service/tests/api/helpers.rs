@@ -275,6 +275,19 @@ impl TestQueue {
         }
     }
 
+    /// Deletes the queue now (as an operator might by mistake).
+    pub(crate) async fn delete_now(&self) {
+        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .expect("the local rabbitmq on 127.0.0.1:5672");
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .queue_delete(self.name.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
+        connection.close(200, "done".into()).await.ok();
+    }
+
     /// Takes the next message off the queue, waiting up to `timeout`.
     pub(crate) async fn next_message(
         &self,
