@@ -120,7 +120,9 @@ pub struct PublisherSettings {
 pub struct ReadingPublisher {
     settings: PublisherSettings,
     client: async_nats::Client,
-    jetstream: Option<jetstream::Context>,
+    /// Shared by every pending PubAck: one reference count, not a clone of
+    /// the context's many handles per reading.
+    jetstream: Option<Arc<jetstream::Context>>,
     codec: Codec,
     counts: Arc<PublishCounts>,
     published_metric: Counter,
@@ -193,14 +195,14 @@ impl ReadingPublisher {
             // Wait for a free slot instead of failing: the window is the backpressure.
             .backpressure_on_inflight(true)
             .build(client.clone());
-        let mut publisher = Self::new(client, Some(context), settings, counts);
+        let mut publisher = Self::new(client, Some(Arc::new(context)), settings, counts);
         publisher.confirmer = Some(Confirmer::start());
         publisher
     }
 
     fn new(
         client: async_nats::Client,
-        jetstream: Option<jetstream::Context>,
+        jetstream: Option<Arc<jetstream::Context>>,
         settings: PublisherSettings,
         counts: Arc<PublishCounts>,
     ) -> Self {
@@ -235,16 +237,15 @@ impl ReadingPublisher {
             .encode(reading)
             .inspect_err(|_| unsent(&self.counts, "encode"))?;
         let subject = self.subject(sensor, &reading.sensor_id);
-        let mut headers = reading_headers(self.content_type.clone());
+        let headers = reading_headers(self.content_type.clone());
         match self.jetstream.clone() {
             None => self.publish_core(subject, headers, payload).await,
             Some(context) => {
-                let message_id = format!(
+                let message_id = HeaderValue::from(format!(
                     "{}-{}-{}",
                     self.settings.publisher_id, reading.sensor_id, reading.seq
-                );
-                headers.insert(NATS_MESSAGE_ID, HeaderValue::from(message_id));
-                self.publish_jetstream(context, subject, headers, payload)
+                ));
+                self.publish_jetstream(context, subject, headers, message_id, payload)
                     .await;
             }
         }
@@ -319,20 +320,30 @@ impl ReadingPublisher {
 
     async fn publish_jetstream(
         &mut self,
-        context: jetstream::Context,
+        context: Arc<jetstream::Context>,
         subject: Subject,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
+        message_id: HeaderValue,
         payload: Bytes,
     ) {
+        // Kept for a resend: the header values, not a copy of the whole map.
         let message = OutgoingReading {
             subject,
-            headers,
+            content_type: self.content_type.clone(),
+            traceparent: headers.get(TRACEPARENT).cloned(),
+            message_id: message_id.clone(),
             payload,
         };
+        headers.insert(NATS_MESSAGE_ID, message_id);
         // The first send happens here, in reading order; only retries may
         // reach the stream out of order.
         let first = context
-            .send_publish(message.subject.clone(), message.build())
+            .send_publish(
+                message.subject.clone(),
+                PublishMessage::build()
+                    .payload(message.payload.clone())
+                    .headers(headers),
+            )
             .await;
         let Some(confirmer) = &self.confirmer else {
             return;
@@ -434,22 +445,31 @@ fn push_hex(out: &mut String, bytes: &[u8]) {
 #[derive(Debug)]
 struct OutgoingReading {
     subject: Subject,
-    headers: HeaderMap,
+    content_type: HeaderValue,
+    traceparent: Option<HeaderValue>,
+    message_id: HeaderValue,
     payload: Bytes,
 }
 
 impl OutgoingReading {
+    /// The same message again: same headers, same `Nats-Msg-Id`.
     fn build(&self) -> PublishMessage {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, self.content_type.clone());
+        if let Some(traceparent) = &self.traceparent {
+            headers.insert(TRACE_PARENT, traceparent.clone());
+        }
+        headers.insert(NATS_MESSAGE_ID, self.message_id.clone());
         PublishMessage::build()
             .payload(self.payload.clone())
-            .headers(self.headers.clone())
+            .headers(headers)
     }
 }
 
 /// Awaits one reading's PubAck, sending it again (same `Nats-Msg-Id`) until
 /// the stream has it or the attempts run out.
 struct Confirmation {
-    context: jetstream::Context,
+    context: Arc<jetstream::Context>,
     message: OutgoingReading,
     counts: Arc<PublishCounts>,
     published_metric: Counter,
