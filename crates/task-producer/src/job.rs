@@ -183,6 +183,8 @@ pub async fn publish(
         if !more && in_flight.is_empty() {
             break;
         }
+        // Some branch is always enabled: with nothing in flight, `more` holds
+        // (else the loop ended) and so does `can_send`.
         let can_send = more && in_flight.len() < max_in_flight;
         tokio::select! {
             biased;
@@ -204,8 +206,6 @@ pub async fn publish(
                 in_flight.push(async move { publisher.publish(&task).await.is_ok() });
                 summary.published += 1;
             }
-            // A duration run whose deadline passed while nothing is in flight.
-            () = tokio::time::sleep(Duration::from_millis(50)), if !can_send && in_flight.is_empty() => {}
         }
     }
     summary.retried = publisher.stats().resent();
