@@ -113,8 +113,11 @@ impl Retryable for PublishError {
 /// Running totals of one publisher, for summaries and tests.
 #[derive(Debug, Default)]
 pub struct PublisherStats {
+    /// Publishes the broker confirmed.
     confirmed: AtomicU64,
+    /// Sends after the first one of a publish.
     resent: AtomicU64,
+    /// Publishes that returned `Err`.
     failed: AtomicU64,
 }
 
@@ -140,16 +143,23 @@ impl PublisherStats {
 /// reported on an old connection does not tear down a new one.
 #[derive(Debug, Clone)]
 struct Link {
+    /// Bumped on every new connection.
     generation: u64,
+    /// The confirm-mode channel of that connection.
     channel: Channel,
 }
 
 #[derive(Debug)]
 struct Inner {
+    /// The settings it was started with.
     config: PublisherConfig,
+    /// Task encoding, with the payload size limit.
     codec: Codec,
+    /// One permit per unconfirmed message allowed in flight.
     window: Semaphore,
+    /// The current channel; `None` while disconnected.
     link: watch::Receiver<Option<Link>>,
+    /// Connection state for readiness checks.
     connected: watch::Receiver<bool>,
     /// Generations whose channel failed; the background task reconnects.
     /// Dropping the last handle closes this and ends the background task.
@@ -165,6 +175,7 @@ struct Inner {
 /// every clone shares the connection and the window.
 #[derive(Debug, Clone)]
 pub struct TaskPublisher {
+    /// Shared by every clone.
     inner: Arc<Inner>,
 }
 

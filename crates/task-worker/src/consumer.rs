@@ -44,10 +44,15 @@ pub(crate) enum End {
 /// A handler slot on the work queue.
 #[derive(Debug)]
 pub(crate) struct TaskSlot {
+    /// What processing a task needs.
     pub(crate) context: Arc<TaskContext>,
+    /// This slot's channel, with its own `basic_qos`.
     pub(crate) channel: Channel,
+    /// The shared confirm-mode channel for retries and dead letters.
     pub(crate) publish: Channel,
+    /// Unique per slot, so the slot can cancel exactly its consumer.
     pub(crate) consumer_tag: String,
+    /// The breaker to pause on, if any.
     pub(crate) breaker: Option<Arc<CircuitBreaker>>,
 }
 

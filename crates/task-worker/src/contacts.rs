@@ -110,8 +110,13 @@ pub enum Applied {
 
 #[derive(Debug, Clone)]
 enum Entry {
+    /// A known user.
     Present(Contact),
-    Deleted { at: i64 },
+    /// A deleted user, kept so that older events cannot bring it back.
+    Deleted {
+        /// `occurred_at` of the deletion.
+        at: i64,
+    },
 }
 
 impl Entry {
@@ -125,14 +130,18 @@ impl Entry {
 
 #[derive(Debug, Default)]
 struct Inner {
+    /// Latest state per user id, tombstones included.
     entries: HashMap<String, Entry>,
+    /// Recently applied event ids.
     seen: HashSet<String>,
+    /// `seen` in arrival order, for eviction.
     seen_order: VecDeque<String>,
 }
 
 /// Contacts by user id. Cheap to clone (shared).
 #[derive(Debug, Clone, Default)]
 pub struct ContactDirectory {
+    /// Shared by every clone.
     inner: Arc<Mutex<Inner>>,
 }
 

@@ -17,14 +17,17 @@ use std::{
 /// Finished task ids, most recent `capacity` of them. Cheap to clone (shared).
 #[derive(Debug, Clone)]
 pub struct FinishedTasks {
+    /// Shared by every clone.
     inner: Arc<Mutex<Inner>>,
 }
 
 #[derive(Debug)]
 struct Inner {
+    /// Most ids kept.
     capacity: usize,
-    // One allocation per id, shared by the set and the eviction order.
+    /// The remembered ids (one allocation per id, shared with `order`).
     ids: HashSet<Arc<str>>,
+    /// The same ids, oldest first, for eviction.
     order: VecDeque<Arc<str>>,
 }
 

@@ -51,6 +51,7 @@ pub trait TaskHandler: Send + Sync + fmt::Debug + 'static {
 /// The handlers of a worker, by task kind.
 #[derive(Debug, Clone, Default)]
 pub struct Handlers {
+    /// The handler of each kind.
     by_kind: HashMap<String, Arc<dyn TaskHandler>>,
 }
 

@@ -32,7 +32,9 @@ use crate::{
 /// Runs `notify` tasks against user-service.
 #[derive(Debug, Clone)]
 pub struct NotifyHandler {
+    /// The user-service client (deadline, retries, breaker).
     client: UserClient,
+    /// Contact details from `data_sync`.
     contacts: ContactDirectory,
 }
 

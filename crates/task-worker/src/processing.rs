@@ -22,6 +22,7 @@ use lapin::{
     options::{BasicAckOptions, BasicNackOptions},
 };
 use metrics::{Counter, Histogram};
+use task_producer::topology::Topology;
 use tokio::sync::broadcast;
 use tracing::{Instrument, debug, info, warn};
 
@@ -31,7 +32,6 @@ use crate::{
     handler::{HandlerError, Handlers},
     routing::{self, DeadLetter, RouteError},
 };
-use task_producer::topology::Topology;
 
 /// What the consumer loop does after a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,12 +45,19 @@ pub(crate) enum Next {
 /// Everything the processing of a task needs, shared by every consumer.
 #[derive(Debug)]
 pub(crate) struct TaskContext {
+    /// The work queue, its retry tiers and its DLQ.
     pub(crate) topology: Topology,
+    /// Deliveries of a task before it is dead-lettered.
     pub(crate) max_attempts: u32,
+    /// Handlers by task kind.
     pub(crate) handlers: Handlers,
+    /// Recently finished task ids (idempotency).
     pub(crate) finished: FinishedTasks,
+    /// Where each delivery's outcome is announced.
     pub(crate) events: broadcast::Sender<TaskEvent>,
+    /// Body decoding, with the payload size limit.
     pub(crate) codec: Codec,
+    /// Metric handles.
     pub(crate) metrics: TaskMetrics,
 }
 
@@ -58,10 +65,15 @@ pub(crate) struct TaskContext {
 /// instead of hashing names and labels for every message.
 #[derive(Debug)]
 pub(crate) struct TaskMetrics {
+    /// `messages_received_total{queue}`.
     received: Counter,
+    /// `tasks_processed_total{outcome="ok"}`.
     ok: Counter,
+    /// `tasks_processed_total{outcome="retried"}`.
     retried: Counter,
+    /// `tasks_processed_total{outcome="dead_lettered"}`.
     dead_lettered: Counter,
+    /// `task_duration_seconds{kind}`, per registered kind.
     durations: HashMap<String, Histogram>,
 }
 

@@ -33,10 +33,15 @@ const EVENT_BUFFER: usize = 4096;
 /// What every session and consumer of one worker shares.
 #[derive(Debug)]
 pub(crate) struct Shared {
+    /// The worker's configuration.
     pub(crate) config: Config,
+    /// What processing a task needs.
     pub(crate) context: Arc<TaskContext>,
+    /// The contact directory fed by `data_sync`.
     pub(crate) contacts: ContactDirectory,
+    /// The breaker the task consumers pause on, if any.
     pub(crate) breaker: Option<Arc<CircuitBreaker>>,
+    /// `/readyz` checks.
     pub(crate) readiness: Readiness,
     /// Prefix of this process's consumer tags (visible in the management UI).
     pub(crate) worker_id: String,
@@ -45,14 +50,23 @@ pub(crate) struct Shared {
 /// A task worker, ready to run.
 #[derive(Debug)]
 pub struct Worker {
+    /// The worker's configuration.
     config: Config,
+    /// Handlers by task kind (built-in ones plus [`Worker::with_handler`]).
     handlers: Handlers,
+    /// The user-service breaker the consumers pause on.
     breaker: Option<Arc<CircuitBreaker>>,
+    /// The contact directory fed by `data_sync`.
     contacts: ContactDirectory,
+    /// Recently finished task ids.
     finished: FinishedTasks,
+    /// Outcome announcements.
     events: broadcast::Sender<TaskEvent>,
+    /// `/readyz` checks.
     readiness: Readiness,
+    /// The running ops endpoint.
     ops: OpsServer,
+    /// Stops the ops endpoint when the worker returns.
     ops_stop: CancellationToken,
 }
 
