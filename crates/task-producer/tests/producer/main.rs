@@ -371,3 +371,52 @@ async fn a_closed_publisher_refuses_to_publish() {
     assert!(matches!(error, PublishError::Closed), "{error}");
     assert!(!*publisher.connected().borrow());
 }
+
+#[tokio::test]
+async fn the_binary_prints_a_summary_and_fails_when_tasks_are_not_confirmed() {
+    // Arrange
+    let queues = TestQueues::new(&[]).await;
+    let run = |url: String, extra: &[&str]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_task-producer"));
+        command
+            .env("AMQP_URL", url)
+            .env("OPS_ADDR", "127.0.0.1:0")
+            .env("RUST_LOG", "error")
+            .env_remove("CONFIG_FILE")
+            .args(["--queue", queues.topology.task_queue(), "--format", "json"])
+            .args(extra);
+        command.output().unwrap()
+    };
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+
+    // Act
+    let ok = run(amqp_url(), &["--count", "25", "--payload", r#"{"ms": 2}"#]);
+    let unreachable = run(
+        format!("amqp://guest:guest@127.0.0.1:{closed_port}/%2f"),
+        &["--count", "2"],
+    );
+    let bad_flag = run(amqp_url(), &["--count", "1", "--payload", "[1]"]);
+
+    // Assert
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("published=25 confirmed=25 retried=0 failed=0"),
+        "{stdout}"
+    );
+    assert_eq!(queues.depth(queues.topology.task_queue()).await, 25);
+    let stdout = String::from_utf8_lossy(&unreachable.stdout);
+    assert!(!unreachable.status.success());
+    assert!(
+        stdout.contains("confirmed=0") && stdout.contains("failed=2"),
+        "{stdout}"
+    );
+    assert!(!bad_flag.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad_flag.stderr).contains("job.payload"),
+        "the error names the key"
+    );
+}
