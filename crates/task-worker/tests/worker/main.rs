@@ -796,3 +796,40 @@ async fn user_events_keep_the_directory_current_and_bad_ones_are_parked() {
     );
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn a_task_longer_than_the_grace_period_is_abandoned_and_redelivered() {
+    // Arrange: a 1 s grace period and a 6 s task in progress.
+    let queues = TestQueues::new().await;
+    let mut first = TestWorker::start(task_worker::Config {
+        shutdown_grace: Duration::from_secs(1),
+        ..queues.config()
+    })
+    .await;
+    let long = sleep_task(6_000);
+    publish_all(&queues, std::slice::from_ref(&long), ContentType::Json).await;
+    assert_eq!(queues.wait_for_depth(&queues.queue, 0).await, 0, "taken up");
+
+    // Act
+    let started = Instant::now();
+    first.shutdown.trigger();
+    tokio::time::timeout(Duration::from_secs(15), &mut first.handle)
+        .await
+        .expect("the worker returns soon after its grace period")
+        .unwrap()
+        .unwrap();
+    let stopped_after = started.elapsed();
+    let mut second = TestWorker::start(queues.config()).await;
+    let events = second
+        .collect_until(Duration::from_secs(30), |e| !done_ids(e).is_empty())
+        .await;
+
+    // Assert
+    assert!(
+        stopped_after < Duration::from_secs(5),
+        "did not wait for the task: {stopped_after:?}"
+    );
+    assert_eq!(done_ids(&events).as_slice(), std::slice::from_ref(&long.id));
+    assert!(events[0].redelivered, "unacked, so RabbitMQ redelivered it");
+    second.stop().await;
+}
