@@ -11,7 +11,9 @@
 //!   payload, same headers) with nothing done per message.
 //! - JetStream: the sensor-publisher in JetStream mode (PubAck window,
 //!   `Nats-Msg-Id`) against a raw JetStream publisher with the same window
-//!   and the same headers (`Nats-Msg-Id` included).
+//!   and the same headers (`Nats-Msg-Id` included), in `--jetstream-rounds`
+//!   rounds of alternating order (the first publisher on a fresh stream is
+//!   slower); the medians are reported.
 //!
 //! Every stream and subject is the run's own; the stream is deleted after.
 
@@ -52,9 +54,12 @@ pub(crate) struct Args {
     /// Core runs at most, while looking for a rate without gaps.
     #[arg(long, default_value_t = 4)]
     attempts: u32,
-    /// Readings in the JetStream run.
+    /// Readings per JetStream run.
     #[arg(long, default_value_t = 100_000)]
     jetstream_messages: u64,
+    /// JetStream rounds (ours and raw, order alternating); medians are reported.
+    #[arg(long, default_value_t = 3)]
+    jetstream_rounds: u32,
     /// PubAcks awaited at once in JetStream mode (ours and the raw client's).
     #[arg(long, default_value_t = 256)]
     ack_window: usize,
@@ -122,7 +127,16 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
 
-    let (js_ours, js_raw) = jetstream(&args, &run_id, &sample).await?;
+    let mut js_ours = Vec::new();
+    let mut js_raw = Vec::new();
+    for round in 1..=args.jetstream_rounds {
+        println!("jetstream round {round}:");
+        let (ours, raw) =
+            jetstream(&args, &format!("{run_id}_{round}"), &sample, round % 2 == 0).await?;
+        js_ours.push(ours);
+        js_raw.push(raw);
+    }
+    let (js_ours, js_raw) = (median(js_ours), median(js_raw));
 
     let mut rows = vec![vec!["path".to_string(), "msg/s".into(), "note".into()]];
     rows.push(vec![
@@ -138,12 +152,18 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     rows.push(vec![
         "raw jetstream publish".into(),
         number(js_raw.round()),
-        format!("PubAck window {}, Nats-Msg-Id", args.ack_window),
+        format!(
+            "PubAck window {}, Nats-Msg-Id; median round",
+            args.ack_window
+        ),
     ]);
     rows.push(vec![
         "sensor-publisher jetstream".into(),
         number(js_ours.round()),
-        format!("PubAck window {}, Nats-Msg-Id", args.ack_window),
+        format!(
+            "PubAck window {}, Nats-Msg-Id; median round",
+            args.ack_window
+        ),
     ]);
     print!("{}", table(&rows));
 
@@ -350,9 +370,15 @@ async fn ours_core(args: &Args, prefix: &str, pace: Option<f64>) -> anyhow::Resu
     })
 }
 
-/// JetStream publishing: ours, then the raw client with the same window.
-/// Returns (ours msg/s, raw msg/s).
-async fn jetstream(args: &Args, run_id: &str, sample: &Sample) -> anyhow::Result<(f64, f64)> {
+/// JetStream publishing, ours and the raw client with the same window, on a
+/// stream of their own (deleted after); `raw_first` alternates the order
+/// between rounds. Returns (ours msg/s, raw msg/s).
+async fn jetstream(
+    args: &Args,
+    run_id: &str,
+    sample: &Sample,
+    raw_first: bool,
+) -> anyhow::Result<(f64, f64)> {
     let stream = format!("BENCH_{run_id}");
     let prefix = format!("bench.{run_id}.js.sensor.data");
     let client = async_nats::connect(&args.nats_url).await?;
@@ -361,67 +387,16 @@ async fn jetstream(args: &Args, run_id: &str, sample: &Sample) -> anyhow::Result
         .await
         .context("cannot create the bench stream")?;
     let result = async {
-        let publisher = sensor_publisher::Application::build(sensor_publisher::Config {
-            nats_url: SecretUrl::new(&args.nats_url),
-            ops_addr: "127.0.0.1:0".parse()?,
-            subject_prefix: prefix.clone(),
-            stream: stream.clone(),
-            mode: DeliveryMode::Jetstream,
-            ack_window: args.ack_window,
-            rate_per_sec: 0.0,
-            count: args.jetstream_messages,
-            fleet: sensor_publisher::FleetConfig {
-                sensors: args.sensors,
-                seed: Some(1),
-                ..Default::default()
-            },
-            ..Default::default()
-        })
-        .await?;
-        let started = Instant::now();
-        let summary = publisher.run_until_stopped(Shutdown::new()).await?;
-        let ours = summary.published as f64 / started.elapsed().as_secs_f64();
-        println!(
-            "ours jetstream: {ours:.0} msg/s ({} acknowledged, {} retried, {} unsent)",
-            summary.published, summary.retried, summary.unsent
-        );
-
-        let raw_js = async_nats::jetstream::ContextBuilder::new()
-            .max_ack_inflight(args.ack_window)
-            .backpressure_on_inflight(true)
-            .build(client.clone());
-        let mut acks = futures::stream::FuturesUnordered::new();
-        let started = Instant::now();
-        let mut acked = 0u64;
-        for i in 0..args.jetstream_messages {
-            // The same headers as ours, de-duplication id included: the
-            // server's duplicate tracking is part of the price of the mode.
-            let mut headers = sample.headers.clone();
-            headers.insert(
-                async_nats::header::NATS_MESSAGE_ID,
-                format!("raw-{run_id}-{i}").as_str(),
-            );
-            let ack = raw_js
-                .publish_with_headers(
-                    format!("{prefix}.raw-{}", i % args.sensors as u64),
-                    headers,
-                    sample.payload.clone(),
-                )
-                .await?;
-            acks.push(ack.into_future());
-            while acks.len() >= args.ack_window {
-                if let Some(ack) = acks.next().await {
-                    ack?;
-                    acked += 1;
-                }
-            }
-        }
-        while let Some(ack) = acks.next().await {
-            ack?;
-            acked += 1;
-        }
-        let raw = acked as f64 / started.elapsed().as_secs_f64();
-        println!("raw jetstream: {raw:.0} msg/s ({acked} acknowledged)");
+        let (ours, raw) = if raw_first {
+            let raw = jetstream_raw(args, &client, &prefix, run_id, sample).await?;
+            (jetstream_ours(args, &stream, &prefix).await?, raw)
+        } else {
+            let ours = jetstream_ours(args, &stream, &prefix).await?;
+            (
+                ours,
+                jetstream_raw(args, &client, &prefix, run_id, sample).await?,
+            )
+        };
         anyhow::Ok((ours, raw))
     }
     .await;
@@ -429,4 +404,85 @@ async fn jetstream(args: &Args, run_id: &str, sample: &Sample) -> anyhow::Result
         eprintln!("cannot delete the bench stream {stream}: {error}");
     }
     result
+}
+
+/// The sensor-publisher in JetStream mode; msg/s acknowledged.
+async fn jetstream_ours(args: &Args, stream: &str, prefix: &str) -> anyhow::Result<f64> {
+    let publisher = sensor_publisher::Application::build(sensor_publisher::Config {
+        nats_url: SecretUrl::new(&args.nats_url),
+        ops_addr: "127.0.0.1:0".parse()?,
+        subject_prefix: prefix.to_string(),
+        stream: stream.to_string(),
+        mode: DeliveryMode::Jetstream,
+        ack_window: args.ack_window,
+        rate_per_sec: 0.0,
+        count: args.jetstream_messages,
+        fleet: sensor_publisher::FleetConfig {
+            sensors: args.sensors,
+            seed: Some(1),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await?;
+    let started = Instant::now();
+    let summary = publisher.run_until_stopped(Shutdown::new()).await?;
+    let ours = summary.published as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "  ours jetstream: {ours:.0} msg/s ({} acknowledged, {} retried, {} unsent)",
+        summary.published, summary.retried, summary.unsent
+    );
+    Ok(ours)
+}
+
+/// Raw async-nats JetStream publishing, the same bytes and window; msg/s.
+async fn jetstream_raw(
+    args: &Args,
+    client: &async_nats::Client,
+    prefix: &str,
+    run_id: &str,
+    sample: &Sample,
+) -> anyhow::Result<f64> {
+    let raw_js = async_nats::jetstream::ContextBuilder::new()
+        .max_ack_inflight(args.ack_window)
+        .backpressure_on_inflight(true)
+        .build(client.clone());
+    let mut acks = futures::stream::FuturesUnordered::new();
+    let started = Instant::now();
+    let mut acked = 0u64;
+    for i in 0..args.jetstream_messages {
+        // The same headers as ours, de-duplication id included: the
+        // server's duplicate tracking is part of the price of the mode.
+        let mut headers = sample.headers.clone();
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_ID,
+            format!("raw-{run_id}-{i}").as_str(),
+        );
+        let ack = raw_js
+            .publish_with_headers(
+                format!("{prefix}.raw-{}", i % args.sensors as u64),
+                headers,
+                sample.payload.clone(),
+            )
+            .await?;
+        acks.push(ack.into_future());
+        while acks.len() >= args.ack_window {
+            if let Some(ack) = acks.next().await {
+                ack?;
+                acked += 1;
+            }
+        }
+    }
+    while let Some(ack) = acks.next().await {
+        ack?;
+        acked += 1;
+    }
+    let raw = acked as f64 / started.elapsed().as_secs_f64();
+    println!("  raw jetstream: {raw:.0} msg/s ({acked} acknowledged)");
+    Ok(raw)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or_default()
 }
