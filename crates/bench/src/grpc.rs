@@ -9,12 +9,14 @@
 //!   but the health service, called through the generated client: the cost
 //!   of one unary tonic call that does no work.
 //!
-//! - Also shown: `GetUser` through the bare generated client, so the table
-//!   separates the client library's cost from the service's.
+//! - Also shown: `GetUser` through the bare generated client (the client
+//!   library's cost is the difference) and `Health/Check` on user-service
+//!   itself (the raw call plus our call layer, without the database).
 //!
 //! Each case runs at concurrency 1 and 32 (`--concurrency`) over one shared
 //! HTTP/2 channel, `--requests` timed calls after `--warmup` untimed ones;
-//! latencies go into an HDR histogram (µs). Cases alternate raw and ours.
+//! latencies go into an HDR histogram (µs). `--rounds` rounds alternate raw
+//! and ours; each figure is the median round (the machine is shared).
 //! RESULT lines: requests/s and p99 per concurrency; the requests/s ratio at
 //! the highest concurrency comes last.
 
@@ -42,11 +44,14 @@ use user_service::{
 /// Options of the grpc scenario.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct Args {
-    /// Timed calls per case.
-    #[arg(long, default_value_t = 20_000)]
+    /// Timed calls per case and round.
+    #[arg(long, default_value_t = 10_000)]
     requests: u32,
-    /// Untimed calls before each case.
-    #[arg(long, default_value_t = 2_000)]
+    /// Rounds per case (raw and ours alternating); the median is reported.
+    #[arg(long, default_value_t = 5)]
+    rounds: u32,
+    /// Untimed calls before each round.
+    #[arg(long, default_value_t = 1_000)]
     warmup: u32,
     /// Concurrency levels (calls in flight at once).
     #[arg(long, value_delimiter = ',', default_value = "1,32")]
@@ -68,6 +73,19 @@ pub(crate) struct Args {
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     amqp_url: String,
+}
+
+/// The median of each figure over rounds.
+fn median(rounds: &[Measured]) -> Measured {
+    fn middle<T: Copy + PartialOrd>(mut values: Vec<T>) -> T {
+        values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        values[values.len() / 2]
+    }
+    Measured {
+        requests_per_s: middle(rounds.iter().map(|m| m.requests_per_s).collect()),
+        p50_us: middle(rounds.iter().map(|m| m.p50_us).collect()),
+        p99_us: middle(rounds.iter().map(|m| m.p99_us).collect()),
+    }
 }
 
 /// One case's figures.
@@ -143,62 +161,89 @@ async fn compare(
         "p99 µs".into(),
     ]];
     let mut results = Vec::new();
-    for &concurrency in &args.concurrency {
-        let raw_measured = {
-            let health = health.clone();
-            load(args, concurrency, move |_| {
-                let mut health = health.clone();
-                async move {
-                    health
-                        .check(HealthCheckRequest {
-                            service: String::new(),
-                        })
-                        .await
-                        .map(|_| ())
-                        .map_err(anyhow::Error::from)
-                }
-            })
-            .await?
-        };
-        let ours = {
+    let raw_call = move |_: u32| {
+        let mut health = health.clone();
+        async move {
+            health
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map(|_| ())
+                .map_err(anyhow::Error::from)
+        }
+    };
+    let our_call = {
+        let ids = ids.clone();
+        move |n: u32| {
             let client = client.clone();
             let ids = ids.clone();
-            load(args, concurrency, move |n| {
-                let client = client.clone();
-                let ids = ids.clone();
-                async move {
-                    let id = &ids[n as usize % ids.len()];
-                    client
-                        .get_user(id)
-                        .await
-                        .map(|_| ())
-                        .map_err(anyhow::Error::from)
-                }
-            })
-            .await?
-        };
-        // The same call through the bare generated client: the client
-        // library's own cost is the difference to `ours`.
-        let plain = {
-            let grpc = UserServiceClient::new(channel(service.grpc_addr)?);
+            async move {
+                let id = &ids[n as usize % ids.len()];
+                client
+                    .get_user(id)
+                    .await
+                    .map(|_| ())
+                    .map_err(anyhow::Error::from)
+            }
+        }
+    };
+    // The same call through the bare generated client: the client
+    // library's own cost is the difference to `ours`.
+    let plain_call = {
+        let grpc = UserServiceClient::new(channel(service.grpc_addr)?);
+        let ids = ids.clone();
+        move |n: u32| {
+            let mut grpc = grpc.clone();
             let ids = ids.clone();
-            load(args, concurrency, move |n| {
-                let mut grpc = grpc.clone();
-                let ids = ids.clone();
-                async move {
-                    let id = ids[n as usize % ids.len()].clone();
-                    grpc.get_user(GetUserRequest { user_id: id })
-                        .await
-                        .map(|_| ())
-                        .map_err(anyhow::Error::from)
-                }
-            })
-            .await?
-        };
+            async move {
+                let id = ids[n as usize % ids.len()].clone();
+                grpc.get_user(GetUserRequest { user_id: id })
+                    .await
+                    .map(|_| ())
+                    .map_err(anyhow::Error::from)
+            }
+        }
+    };
+    // Health/Check on user-service itself: the raw call plus our call layer
+    // (trace context, deadline, metrics), without the database.
+    let layered_call = {
+        let health = HealthClient::new(channel(service.grpc_addr)?);
+        move |_: u32| {
+            let mut health = health.clone();
+            async move {
+                health
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .map(|_| ())
+                    .map_err(anyhow::Error::from)
+            }
+        }
+    };
+    for &concurrency in &args.concurrency {
+        // Rounds alternate the three calls, so a change in the machine's
+        // load touches all of them; each figure is the median round.
+        let (mut raws, mut ourss, mut plains, mut layereds) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..args.rounds.max(1) {
+            raws.push(load(args, concurrency, raw_call.clone()).await?);
+            ourss.push(load(args, concurrency, our_call.clone()).await?);
+            plains.push(load(args, concurrency, plain_call.clone()).await?);
+            layereds.push(load(args, concurrency, layered_call.clone()).await?);
+        }
+        let (raw_measured, ours, plain, layered) = (
+            median(&raws),
+            median(&ourss),
+            median(&plains),
+            median(&layereds),
+        );
         for (call, m) in [
             ("raw tonic Health/Check", raw_measured),
             ("GetUser via UserClient", ours),
             ("GetUser via generated client", plain),
+            ("Health/Check on user-service", layered),
         ] {
             rows.push(vec![
                 call.to_string(),
@@ -212,7 +257,8 @@ async fn compare(
     }
 
     println!(
-        "gRPC request-reply: {} timed calls per case over one HTTP/2 channel, database {}",
+        "gRPC request-reply: median of {} rounds of {} timed calls per case over one HTTP/2 channel, database {}",
+        args.rounds,
         args.requests,
         SecretUrl::new(service.database_url.clone())
     );
