@@ -309,6 +309,7 @@ impl Application {
         );
         let rabbit_ready =
             tokio::spawn(follow_connection(publisher.connected(), readiness.clone()));
+        let closer = publisher.clone();
         let (handoff, handoff_worker) =
             AlertHandoff::start(publisher, config.handoff_buffer, handoff_counts.clone());
         let processor = ReadingProcessor::new(
@@ -344,6 +345,13 @@ impl Application {
             metrics::counter!("alerts_abandoned_total", "reason" => "shutdown").increment(left);
         }
         publisher_stop.trigger();
+        // A clean AMQP goodbye rather than a dropped socket.
+        if tokio::time::timeout(Duration::from_secs(5), closer.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("rabbitmq connection did not close in time");
+        }
         rabbit_ready.abort();
         rules_stop.cancel();
         let summary = HandoffSummary::read(&counts, &handoff_counts);
