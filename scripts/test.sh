@@ -66,7 +66,7 @@ say "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 say "cargo test"
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast
 
 if [ -x scripts/check-deploy.sh ]; then
   say "deploy files"

@@ -8,7 +8,10 @@
 //!   server's default; when it runs out the handler is dropped (its database
 //!   work cancelled) and the caller gets `DEADLINE_EXCEEDED`. (tonic's own
 //!   `Server::timeout` would answer `CANCELLED`, which tells a client
-//!   nothing about why.)
+//!   nothing about why.) tonic's transport still arms its own timer from the
+//!   same `grpc-timeout` *outside* this layer and answers `CANCELLED` when it
+//!   fires first, so this layer's timer ends [`TRANSPORT_TIMER_MARGIN`]
+//!   earlier and always wins.
 //! - **metrics**: `grpc_server_requests_total{method,code}` and
 //!   `grpc_server_duration_seconds{method}`, recorded when the response
 //!   ends: the status of a successful unary call only arrives in the
@@ -41,6 +44,12 @@ const KNOWN_SERVICES: [&str; 4] = [
 ];
 
 const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
+/// How much earlier than the caller's `grpc-timeout` this layer gives up.
+/// tonic's transport starts its own timer for the same header just before
+/// this layer runs; timers fire on whole milliseconds, so a few of them
+/// guarantee ours expires first and the caller sees `DEADLINE_EXCEEDED`.
+const TRANSPORT_TIMER_MARGIN: Duration = Duration::from_millis(5);
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 const TRACE_HEADERS: [HeaderName; 2] = [
     HeaderName::from_static("traceparent"),
@@ -108,7 +117,8 @@ where
         Box::pin(
             async move {
                 let call = CallRecord { method, started };
-                match tokio::time::timeout(timeout, inner.call(request)).await {
+                let budget = timeout.saturating_sub(TRANSPORT_TIMER_MARGIN);
+                match tokio::time::timeout(budget, inner.call(request)).await {
                     Ok(Ok(response)) => {
                         // An error answer is "trailers-only": the status is
                         // in the headers and the body is empty.
