@@ -17,7 +17,7 @@ scenarios=("$@")
 results=()
 for scenario in "${scenarios[@]}"; do
   printf '\n==> bench %s\n' "$scenario"
-  output=$("$bench" "$scenario" | tee /dev/stderr)
+  output=$("$bench" "$scenario" | tee -a /dev/stderr)
   while IFS= read -r line; do results+=("$line"); done < <(grep '^RESULT ' <<<"$output")
 done
 
