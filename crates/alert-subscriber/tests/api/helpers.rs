@@ -5,7 +5,6 @@
 
 use std::{
     collections::BTreeMap,
-    future::Future,
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -25,6 +24,7 @@ use common::{
 use futures::StreamExt;
 use lapin::{Connection, ConnectionProperties, options::BasicGetOptions};
 use task_producer::topology::Topology;
+pub(crate) use testkit::{NatsServer, RabbitNode, eventually, free_port, unique};
 use tokio::task::JoinHandle;
 
 pub(crate) fn nats_url() -> String {
@@ -33,37 +33,6 @@ pub(crate) fn nats_url() -> String {
 
 pub(crate) fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
-
-pub(crate) fn unique() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
-}
-
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Polls `check` until it returns `Some`, failing after `timeout`.
-pub(crate) async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The names one test uses; its stream and queues are deleted on drop.
@@ -399,181 +368,5 @@ impl AlertProcess {
 impl Drop for AlertProcess {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-/// A private `nats-server` (JetStream on) on a free port; killed on drop.
-#[derive(Debug)]
-pub(crate) struct NatsServer {
-    pub(crate) port: u16,
-    store: PathBuf,
-    child: Option<Child>,
-}
-
-impl NatsServer {
-    pub(crate) async fn start() -> Self {
-        let port = free_port();
-        let store = std::env::temp_dir().join(format!("switchyard-nats-{}", unique()));
-        std::fs::create_dir_all(&store).unwrap();
-        let mut server = NatsServer {
-            port,
-            store,
-            child: None,
-        };
-        server.restart().await;
-        server
-    }
-
-    pub(crate) fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    pub(crate) fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    pub(crate) async fn restart(&mut self) {
-        self.kill();
-        let child = Command::new("nats-server")
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.store)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server on PATH");
-        self.child = Some(child);
-        let port = self.port;
-        eventually(
-            "the private nats-server to listen",
-            Duration::from_secs(20),
-            || async move {
-                tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .ok()
-            },
-        )
-        .await;
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.store);
-    }
-}
-
-/// A RabbitMQ node of the test's own on free ports, stopped and deleted on
-/// drop; created before it is booted, so a test can point a service at it
-/// while it is still down.
-#[derive(Debug)]
-pub(crate) struct RabbitNode {
-    name: String,
-    port: u16,
-    dist_port: u16,
-    dir: PathBuf,
-    server: Option<Child>,
-}
-
-impl RabbitNode {
-    pub(crate) fn new() -> Self {
-        let port = free_port();
-        let dist_port = free_port();
-        let dir = std::env::temp_dir().join(format!("switchyard-rabbit-{port}"));
-        std::fs::create_dir_all(dir.join("mnesia")).unwrap();
-        std::fs::create_dir_all(dir.join("log")).unwrap();
-        // Its own config: the machine's rabbitmq.conf pins the shared node's
-        // listener, and no plugins (their ports are taken by the shared node).
-        std::fs::write(
-            dir.join("rabbitmq.conf"),
-            format!("listeners.tcp.default = 127.0.0.1:{port}\n"),
-        )
-        .unwrap();
-        std::fs::write(dir.join("enabled_plugins"), "[].\n").unwrap();
-        let status = Command::new("chown")
-            .args(["-R", "rabbitmq:rabbitmq"])
-            .arg(&dir)
-            .status()
-            .unwrap();
-        assert!(status.success(), "chown the node's directories");
-        RabbitNode {
-            name: format!("switchyard-alert-test-{port}@localhost"),
-            port,
-            dist_port,
-            dir,
-            server: None,
-        }
-    }
-
-    pub(crate) fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
-    }
-
-    /// Starts the node and waits until it accepts AMQP connections.
-    pub(crate) async fn boot(&mut self) {
-        let out = std::fs::File::create(self.dir.join("server.out")).unwrap();
-        let server = Command::new("rabbitmq-server")
-            .env("RABBITMQ_NODENAME", &self.name)
-            .env("RABBITMQ_NODE_PORT", self.port.to_string())
-            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
-            .env("RABBITMQ_MNESIA_BASE", self.dir.join("mnesia"))
-            .env("RABBITMQ_LOG_BASE", self.dir.join("log"))
-            .env("RABBITMQ_CONFIG_FILE", self.dir.join("rabbitmq.conf"))
-            .env(
-                "RABBITMQ_ENABLED_PLUGINS_FILE",
-                self.dir.join("enabled_plugins"),
-            )
-            .env("RABBITMQ_PID_FILE", self.dir.join("rabbitmq.pid"))
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("rabbitmq-server starts");
-        self.server = Some(server);
-        let url = self.url();
-        eventually(
-            "the test rabbitmq node to start",
-            Duration::from_secs(60),
-            || {
-                let url = url.clone();
-                async move {
-                    let connection = Connection::connect(&url, ConnectionProperties::default())
-                        .await
-                        .ok()?;
-                    let _ = connection.close(200, "probe".into()).await;
-                    Some(())
-                }
-            },
-        )
-        .await;
-    }
-}
-
-impl Drop for RabbitNode {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args(["-n", &self.name, "stop"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        if let Ok(pid) = std::fs::read_to_string(self.dir.join("rabbitmq.pid")) {
-            let _ = Command::new("kill")
-                .args(["-KILL", pid.trim()])
-                .stderr(Stdio::null())
-                .status();
-        }
-        if let Some(mut server) = self.server.take() {
-            let _ = server.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -257,7 +257,7 @@ async fn an_alert_reaches_sensor_alert_and_the_task_queue() {
 #[tokio::test]
 async fn rabbitmq_down_keeps_alerts_buffered_and_delivers_them_when_it_is_back() {
     // Arrange: the broker's port is reserved but nothing listens yet.
-    let mut node = RabbitNode::new();
+    let node = RabbitNode::new();
     let env = TestEnv::on(&helpers::nats_url(), &node.url());
     let mut config = env.config();
     config.publish_timeout_ms = Duration::from_millis(500);
@@ -510,7 +510,7 @@ async fn a_stalled_subscriber_applies_backpressure_and_reports_slow_consumer_dro
 async fn jetstream_mode_holds_readings_while_rabbitmq_is_down_without_redelivery() {
     // Arrange: readings stored in the stream, RabbitMQ not up yet, and an ack
     // wait much shorter than the outage.
-    let mut node = RabbitNode::new();
+    let node = RabbitNode::new();
     let env = TestEnv::on(&helpers::nats_url(), &node.url());
     let client = env.nats().await;
     let js = async_nats::jetstream::new(client.clone());

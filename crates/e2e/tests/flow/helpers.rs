@@ -1,7 +1,7 @@
 //! The whole system as separate processes, wired to a test's own subjects
 //! and queues on the local brokers, exporting spans to an in-test collector.
 
-use std::{collections::BTreeSet, path::PathBuf, time::Duration};
+use std::{collections::BTreeSet, path::PathBuf};
 
 use e2e::{
     collector::{CollectedSpan, OtlpCollector},
@@ -9,6 +9,7 @@ use e2e::{
 };
 use lapin::{Connection, ConnectionProperties};
 use task_producer::topology::Topology;
+pub(crate) use testkit::eventually;
 
 pub(crate) fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
@@ -174,25 +175,6 @@ spike_probability = 0.0
     pub(crate) async fn cleanup(self) {
         self.delete_queues().await;
         let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Polls `check` until it returns `Some`, or panics after `timeout` with `what`.
-pub(crate) async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

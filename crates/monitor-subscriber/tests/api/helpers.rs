@@ -1,20 +1,16 @@
 //! Test fixtures: monitors on the local NATS with subjects of their own, and
 //! polling with deadlines.
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use common::{config::SecretUrl, shutdown::Shutdown};
 use monitor_subscriber::{Application, Config, StatsHandle};
+pub(crate) use testkit::{eventually, unique};
 use tokio::task::JoinHandle;
 
 /// The shared NATS server of the machine (never stopped by tests).
 pub(crate) fn nats_url() -> String {
     std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
-
-/// A unique suffix for this test's subjects.
-pub(crate) fn unique() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
 }
 
 /// Subjects of one test.
@@ -89,24 +85,5 @@ impl TestMonitor {
             .expect("the monitor drains and stops")
             .unwrap()
             .unwrap();
-    }
-}
-
-/// Polls `check` until it returns `Some`, failing after `timeout`.
-pub(crate) async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
