@@ -148,32 +148,44 @@ spike_probability = 0.0
         );
         self.spawn("sensor-publisher", Some(&config), vec![])
     }
+}
 
-    /// Deletes every queue this run's services declared.
-    async fn delete_queues(&self) {
-        let Ok(connection) =
-            Connection::connect(&amqp_url(), ConnectionProperties::default()).await
-        else {
-            return;
-        };
-        let Ok(channel) = connection.create_channel().await else {
-            return;
-        };
+impl Drop for Run {
+    /// Deletes every queue this run's services declared, and its files, even
+    /// when the test failed half way. Drop cannot await, so the deletion runs
+    /// on a runtime of its own in a thread of its own.
+    fn drop(&mut self) {
         let mut queues = Topology::new(self.task_queue.clone()).queue_names();
         queues.push(self.data_sync_queue.clone());
-        for queue in queues {
-            let _ = channel
-                .queue_delete(
-                    queue.as_str().into(),
-                    lapin::options::QueueDeleteOptions::default(),
-                )
-                .await;
-        }
-        let _ = connection.close(200, "e2e done".into()).await;
-    }
-
-    pub(crate) async fn cleanup(self) {
-        self.delete_queues().await;
+        queues.push(format!("{}.dlq", self.data_sync_queue));
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let Ok(connection) =
+                    Connection::connect(&amqp_url(), ConnectionProperties::default()).await
+                else {
+                    return;
+                };
+                for queue in queues {
+                    // A fresh channel per queue: a failed delete closes its channel.
+                    if let Ok(channel) = connection.create_channel().await {
+                        let _ = channel
+                            .queue_delete(
+                                queue.as_str().into(),
+                                lapin::options::QueueDeleteOptions::default(),
+                            )
+                            .await;
+                    }
+                }
+                let _ = connection.close(200, "e2e done".into()).await;
+            });
+        });
+        let _ = cleanup.join();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -110,6 +110,4 @@ async fn one_trace_runs_from_a_reading_to_the_notification() {
             "no span of {child} has a parent in {parent}: {trace:#?}"
         );
     }
-
-    run.cleanup().await;
 }

@@ -326,7 +326,8 @@ async fn the_sqlite_file_and_its_directory_are_created() {
     let file = db.sqlite_file();
     assert!(!file.parent().unwrap().exists());
 
-    let app = TestApp::start(test_config(&db.url, "unused"), db, TestQueue::new()).await;
+    let queue = TestQueue::new();
+    let app = TestApp::start(test_config(&db.url, &queue.name), db, queue).await;
     app.wait_until_serving().await;
 
     assert!(file.is_file(), "{} exists", file.display());
@@ -340,9 +341,10 @@ async fn a_database_outage_is_unavailable_and_service_resumes_after_it() {
     let postgres: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
     let proxy = TcpProxy::start("127.0.0.1:0".parse().unwrap(), postgres).await;
     let through_proxy = db.url.replace("127.0.0.1:5432", &proxy.addr.to_string());
-    let mut config = test_config(&through_proxy, "unused");
+    let queue = TestQueue::new();
+    let mut config = test_config(&through_proxy, &queue.name);
     config.db_acquire_timeout = Duration::from_millis(500);
-    let app = TestApp::start(config, db, TestQueue::new()).await;
+    let app = TestApp::start(config, db, queue).await;
     app.wait_until_serving().await;
     app.create_user("u-1", "Alice", 30).await;
 

@@ -14,9 +14,10 @@ use crate::helpers::{Db, TestApp, TestDatabase, TestQueue, test_config, wait_for
 async fn health_is_not_serving_until_the_database_is_ready_and_again_during_shutdown() {
     // Arrange: a database that does not exist yet.
     let db = TestDatabase::named(Db::Postgres);
-    let mut config = test_config(&db.url, "unused");
+    let queue = TestQueue::new();
+    let mut config = test_config(&db.url, &queue.name);
     config.drain_delay = Duration::from_millis(1500);
-    let app = TestApp::start(config, db, TestQueue::new()).await;
+    let app = TestApp::start(config, db, queue).await;
     let mut health = app.health().await;
     let mut watch = health
         .watch(HealthCheckRequest {
