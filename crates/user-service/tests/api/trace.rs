@@ -13,15 +13,26 @@ use user_service::client::{ClientConfig, UserClient};
 
 use crate::helpers::{Db, TestApp};
 
-// A current-thread runtime: the subscriber set for this thread also sees
-// the spans of the in-process service.
+/// Gives every span of this test binary a real OpenTelemetry context.
+///
+/// Installed process-wide, not with `set_default`: a thread-scoped
+/// subscriber races with the other tests' threads over tracing's per-callsite
+/// interest cache, and the service's spans then sometimes go unrecorded.
+fn trace_every_span() {
+    static INSTALLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("user-service-test")));
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other global subscriber in this test binary (unset TEST_LOG)");
+    });
+}
+
 #[tokio::test]
 async fn the_callers_trace_reaches_the_data_sync_message() {
     // Arrange: spans with real OpenTelemetry contexts.
-    let provider = SdkTracerProvider::builder().build();
-    let subscriber = tracing_subscriber::registry()
-        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("user-service-test")));
-    let _guard = tracing::subscriber::set_default(subscriber);
+    trace_every_span();
     let app = TestApp::spawn(Db::Sqlite).await;
     let client = UserClient::connect_lazy(ClientConfig {
         url: app.grpc_url(),
