@@ -349,7 +349,7 @@ async fn a_database_outage_is_unavailable_and_service_resumes_after_it() {
     app.create_user("u-1", "Alice", 30).await;
 
     // Act: the database goes away.
-    proxy.stop();
+    proxy.stop().await;
 
     // Assert: UNAVAILABLE (retryable), never INTERNAL.
     let mut client = app.grpc().await;

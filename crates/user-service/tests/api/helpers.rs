@@ -577,16 +577,24 @@ impl TcpProxy {
         TcpProxy { addr, tasks }
     }
 
-    /// Closes the listener and every connection.
-    pub(crate) fn stop(&self) {
-        for task in self.tasks.lock().unwrap().drain(..) {
+    /// Closes the listener and every connection, and returns once they are
+    /// really gone: `abort` only takes effect at a task's next poll, and a
+    /// forwarding task caught mid-copy would otherwise still serve a query.
+    pub(crate) async fn stop(&self) {
+        let tasks: Vec<JoinHandle<()>> = self.tasks.lock().unwrap().drain(..).collect();
+        for task in &tasks {
             task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
         }
     }
 }
 
 impl Drop for TcpProxy {
     fn drop(&mut self) {
-        self.stop();
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
     }
 }
