@@ -30,6 +30,23 @@ pub fn free_port() -> u16 {
         .expect("a free local port")
 }
 
+/// Messages ready in `queue` and consumers on it, by a passive declare (the
+/// queue must exist; nothing about it changes).
+pub async fn queue_state(channel: &lapin::Channel, queue: &str) -> (u32, u32) {
+    let queue = channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("the queue exists");
+    (queue.message_count(), queue.consumer_count())
+}
+
 /// Polls `check` every 50 ms until it returns `Some`, and returns the value;
 /// panics naming `what` once `timeout` has passed.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T

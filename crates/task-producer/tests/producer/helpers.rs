@@ -5,10 +5,7 @@ use std::time::Duration;
 
 use common::{config::SecretUrl, shutdown::Shutdown};
 use lapin::{
-    Channel, Connection, ConnectionProperties,
-    message::BasicGetMessage,
-    options::{BasicGetOptions, QueueDeclareOptions},
-    types::FieldTable,
+    Channel, Connection, ConnectionProperties, message::BasicGetMessage, options::BasicGetOptions,
 };
 use task_producer::topology::Topology;
 
@@ -52,18 +49,7 @@ impl TestQueues {
 
     /// Messages ready in `queue` (declares it passively).
     pub(crate) async fn depth(&self, queue: &str) -> u32 {
-        self.channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap()
-            .message_count()
+        testkit::queue_state(&self.channel, queue).await.0
     }
 
     /// Polls `queue` until `count` messages are ready, at most `within`.

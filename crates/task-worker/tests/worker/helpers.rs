@@ -20,8 +20,7 @@ use futures::future::BoxFuture;
 use lapin::{
     Channel, Connection, ConnectionProperties,
     message::BasicGetMessage,
-    options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions},
-    types::FieldTable,
+    options::{BasicGetOptions, QueueDeleteOptions},
 };
 use serde_json::json;
 use task_producer::publisher::{PublisherConfig, TaskPublisher};
@@ -123,18 +122,7 @@ impl TestQueues {
 
     /// Messages ready in `queue`.
     pub(crate) async fn depth(&self, queue: &str) -> u32 {
-        self.channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap()
-            .message_count()
+        testkit::queue_state(&self.channel, queue).await.0
     }
 
     /// Polls until `queue` holds `count` ready messages, at most 30 s.
@@ -586,19 +574,7 @@ impl Drop for UserServiceApp {
 
 /// Consumers on `queue` right now.
 pub(crate) async fn consumers(queues: &TestQueues, queue: &str) -> u32 {
-    queues
-        .channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap()
-        .consumer_count()
+    testkit::queue_state(&queues.channel, queue).await.1
 }
 
 /// Polls until `queue` has `count` consumers, at most 30 s.
