@@ -2,16 +2,19 @@
 //!
 //! - Ours: `GetUser` on the real user-service, started in-process (its
 //!   tracing/deadline/metrics layer, validation, a SQLite file or the
-//!   PostgreSQL of `--database-url`), called through [`UserClient`] (per-call
-//!   deadline, retry policy, circuit breaker, trace injection), as
-//!   task-worker calls it.
+//!   PostgreSQL of `--database-url`) with its default read cache, called
+//!   through [`UserClient`] (per-call deadline, retry policy, circuit
+//!   breaker, trace injection), as task-worker calls it. `--users` users
+//!   looked up round-robin, so after the first pass every call is a hit.
 //! - Raw: `grpc.health.v1.Health/Check` on a bare tonic server with nothing
 //!   but the health service, called through the generated client: the cost
 //!   of one unary tonic call that does no work.
 //!
-//! - Also shown: `GetUser` through the bare generated client (the client
-//!   library's cost is the difference) and `Health/Check` on user-service
-//!   itself (the raw call plus our call layer, without the database).
+//! - Also shown: `GetUser` with the service's read cache off (a second
+//!   instance on the same database: every call reads the database),
+//!   `GetUser` through the bare generated client (the client library's cost
+//!   is the difference) and `Health/Check` on user-service itself (the raw
+//!   call plus our call layer, without the database).
 //!
 //! Each case runs at concurrency 1 and 32 (`--concurrency`) over one shared
 //! HTTP/2 channel, `--requests` timed calls after `--warmup` untimed ones;
@@ -116,12 +119,24 @@ async fn measure_all(args: Args) -> anyhow::Result<()> {
         args.db_max_connections,
         &args.amqp_url,
         &queue,
+        true,
+    )
+    .await?;
+    // A second instance on the same database with the read cache off: what
+    // every GetUser costs when it goes to the database.
+    let uncached = UserServiceUnderTest::start(
+        &database_url,
+        args.db_max_connections,
+        &args.amqp_url,
+        &queue,
+        false,
     )
     .await?;
     let raw = RawHealthServer::start().await?;
-    let outcome = compare(&args, &service, &raw).await;
+    let outcome = compare(&args, &service, &uncached, &raw).await;
 
     raw.stop().await;
+    uncached.stop().await;
     service.stop().await;
     delete_queue(&args.amqp_url, &queue).await;
     let _ = std::fs::remove_dir_all(&scratch);
@@ -131,6 +146,7 @@ async fn measure_all(args: Args) -> anyhow::Result<()> {
 async fn compare(
     args: &Args,
     service: &UserServiceUnderTest,
+    uncached: &UserServiceUnderTest,
     raw: &RawHealthServer,
 ) -> anyhow::Result<()> {
     let client = UserClient::connect_lazy(ClientConfig {
@@ -188,6 +204,27 @@ async fn compare(
             }
         }
     };
+    let uncached_call = {
+        let client = UserClient::connect_lazy(ClientConfig {
+            url: format!("http://{}", uncached.grpc_addr),
+            timeout: Duration::from_secs(5),
+            retry: RetryPolicy::rpc(),
+            breaker: BreakerConfig::default(),
+        })?;
+        let ids = ids.clone();
+        move |n: u32| {
+            let client = client.clone();
+            let ids = ids.clone();
+            async move {
+                let id = &ids[n as usize % ids.len()];
+                client
+                    .get_user(id)
+                    .await
+                    .map(|_| ())
+                    .map_err(anyhow::Error::from)
+            }
+        }
+    };
     // The same call through the bare generated client: the client
     // library's own cost is the difference to `ours`.
     let plain_call = {
@@ -225,23 +262,26 @@ async fn compare(
     for &concurrency in &args.concurrency {
         // Rounds alternate the three calls, so a change in the machine's
         // load touches all of them; each figure is the median round.
-        let (mut raws, mut ourss, mut plains, mut layereds) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut raws, mut ourss, mut uncacheds, mut plains, mut layereds) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..args.rounds.max(1) {
             raws.push(load(args, concurrency, raw_call.clone()).await?);
             ourss.push(load(args, concurrency, our_call.clone()).await?);
+            uncacheds.push(load(args, concurrency, uncached_call.clone()).await?);
             plains.push(load(args, concurrency, plain_call.clone()).await?);
             layereds.push(load(args, concurrency, layered_call.clone()).await?);
         }
-        let (raw_measured, ours, plain, layered) = (
+        let (raw_measured, ours, uncached, plain, layered) = (
             median(&raws),
             median(&ourss),
+            median(&uncacheds),
             median(&plains),
             median(&layereds),
         );
         for (call, m) in [
             ("raw tonic Health/Check", raw_measured),
             ("GetUser via UserClient", ours),
+            ("GetUser via UserClient, read cache off", uncached),
             ("GetUser via generated client", plain),
             ("Health/Check on user-service", layered),
         ] {
@@ -369,8 +409,15 @@ impl UserServiceUnderTest {
         db_max_connections: u32,
         amqp_url: &str,
         queue: &str,
+        read_cache: bool,
     ) -> anyhow::Result<Self> {
+        let defaults = UserServiceConfig::default();
         let config = UserServiceConfig {
+            read_cache_capacity: if read_cache {
+                defaults.read_cache_capacity
+            } else {
+                0
+            },
             grpc_addr: "127.0.0.1:0".parse()?,
             http_addr: "127.0.0.1:0".parse()?,
             ops_addr: "127.0.0.1:0".parse()?,
@@ -379,7 +426,7 @@ impl UserServiceUnderTest {
             data_sync_queue: queue.to_string(),
             drain_delay: Duration::ZERO,
             db_max_connections,
-            ..UserServiceConfig::default()
+            ..defaults
         };
         let application = Application::build(config).await?;
         let grpc_addr = application.grpc_addr();

@@ -40,6 +40,12 @@ pub struct Config {
     /// fails with `UNAVAILABLE`.
     #[serde(with = "duration_ms", rename = "db_acquire_timeout_ms")]
     pub db_acquire_timeout: Duration,
+    /// Users `GetUser` keeps in memory; 0 turns the read cache off. Changes
+    /// through any replica invalidate it (see `read_cache`).
+    pub read_cache_capacity: usize,
+    /// Longest a cached user is served without reading the database again.
+    #[serde(with = "duration_ms", rename = "read_cache_ttl_ms")]
+    pub read_cache_ttl: Duration,
     /// RabbitMQ, where the outbox relay publishes `data_sync` events.
     pub amqp_url: SecretUrl,
     /// The queue of user change events (durable, no arguments, as the seed declares it).
@@ -76,6 +82,8 @@ impl Default for Config {
             database_url: SecretUrl::new("sqlite://data/users.db?mode=rwc"),
             db_max_connections: 10,
             db_acquire_timeout: Duration::from_secs(3),
+            read_cache_capacity: 10_000,
+            read_cache_ttl: Duration::from_secs(5),
             amqp_url: SecretUrl::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
             data_sync_queue: "data_sync".to_string(),
             outbox_poll_interval: Duration::from_secs(1),

@@ -1,5 +1,6 @@
 //! The user directory: validation, storage and events behind one API that
-//! the gRPC service and the JSON gateway both call.
+//! the gRPC service and the JSON gateway both call. `get` is served from the
+//! [`ReadCache`] when it can be; every change invalidates it after commit.
 
 use std::{
     collections::HashMap,
@@ -12,6 +13,7 @@ use crate::{
     domain::{PageRequest, User, UserFields, encode_page_token, now_ms, validate_id},
     error::UserError,
     events::{DataSyncEvent, EventKind},
+    read_cache::ReadCache,
     store::UserStore,
 };
 
@@ -26,18 +28,34 @@ pub struct UserPage {
 
 /// The directory. Cheap to clone; until the database is attached every call
 /// fails with `Unavailable`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct UserDirectory {
     store: Arc<OnceLock<UserStore>>,
+    cache: Arc<ReadCache>,
     /// Wakes the outbox relay after a commit, so events leave at once
     /// instead of at the next poll.
     outbox_wakeup: Arc<Notify>,
 }
 
+impl Default for UserDirectory {
+    fn default() -> Self {
+        UserDirectory::new(ReadCache::disabled())
+    }
+}
+
 impl UserDirectory {
-    /// A directory without a database yet.
-    pub fn new() -> Self {
-        UserDirectory::default()
+    /// A directory without a database yet, reading through `cache`.
+    pub fn new(cache: ReadCache) -> Self {
+        UserDirectory {
+            store: Arc::default(),
+            cache: Arc::new(cache),
+            outbox_wakeup: Arc::default(),
+        }
+    }
+
+    /// The read cache (the change feed invalidates it).
+    pub fn cache(&self) -> Arc<ReadCache> {
+        self.cache.clone()
     }
 
     /// Starts serving from `store` (once the database is reachable and migrated).
@@ -66,10 +84,17 @@ impl UserDirectory {
     /// The user with this id.
     pub async fn get(&self, id: &str) -> Result<User, UserError> {
         validate_id("user_id", id)?;
-        self.ready_store()?
+        let ticket = match self.cache.lookup(id) {
+            Ok(user) => return Ok(user),
+            Err(ticket) => ticket,
+        };
+        let user = self
+            .ready_store()?
             .get(id)
             .await?
-            .ok_or_else(|| UserError::NotFound(id.to_string()))
+            .ok_or_else(|| UserError::NotFound(id.to_string()))?;
+        self.cache.store(ticket, &user);
+        Ok(user)
     }
 
     /// Creates a user; `AlreadyExists` when the id is taken.
@@ -111,7 +136,7 @@ impl UserDirectory {
     ) -> Result<User, UserError> {
         validate_id("user_id", id)?;
         let fields = UserFields::new(name, age, email)?;
-        let user = self
+        let updated = self
             .ready_store()?
             .update(
                 id,
@@ -120,7 +145,10 @@ impl UserDirectory {
                 |user| DataSyncEvent::upserted(EventKind::UserUpdated, user),
                 current_traceparent().as_deref(),
             )
-            .await?;
+            .await;
+        // Also on error: a failed commit may still have committed.
+        self.cache.invalidate(id);
+        let user = updated?;
         self.outbox_wakeup.notify_one();
         tracing::info!(user_id = %id, "user updated");
         Ok(user)
@@ -130,9 +158,12 @@ impl UserDirectory {
     pub async fn delete(&self, id: &str) -> Result<(), UserError> {
         validate_id("user_id", id)?;
         let event = DataSyncEvent::deleted(id, now_ms());
-        self.ready_store()?
+        let deleted = self
+            .ready_store()?
             .delete(id, &event, current_traceparent().as_deref())
-            .await?;
+            .await;
+        self.cache.invalidate(id);
+        deleted?;
         self.outbox_wakeup.notify_one();
         tracing::info!(user_id = %id, "user deleted");
         Ok(())

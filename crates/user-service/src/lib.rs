@@ -10,7 +10,8 @@
 //! - [`config`]: the service's settings.
 //! - [`startup`]: [`Application`] — bind, serve, drain.
 //! - [`domain`]: users and validation; [`error`]: the one error-to-status map.
-//! - [`directory`]: the operations both protocols share.
+//! - [`directory`]: the operations both protocols share; [`read_cache`]:
+//!   `GetUser`'s cache; [`change_feed`]: other replicas' changes, heard.
 //! - [`store`]: sqlx storage and migrations; [`outbox`]: the event relay;
 //!   [`events`]: the `data_sync` message format.
 //! - [`client`]: [`client::UserClient`] with deadline, retries, breaker.
@@ -18,6 +19,7 @@
 //!   metrics around every call; [`http`]: the JSON gateway.
 
 pub mod call_layer;
+pub mod change_feed;
 pub mod client;
 pub mod config;
 pub mod directory;
@@ -27,6 +29,7 @@ pub mod events;
 pub mod grpc;
 pub mod http;
 pub mod outbox;
+pub mod read_cache;
 pub mod startup;
 pub mod store;
 

@@ -7,7 +7,8 @@
 //! 1. serves gRPC and JSON at once, with health `NOT_SERVING` and `/readyz`
 //!    503, while it connects to the database (retrying with backoff) and
 //!    runs the migrations; calls meanwhile get `UNAVAILABLE`;
-//! 2. flips health to `SERVING`, readiness to ready, and starts the outbox relay;
+//! 2. flips health to `SERVING`, readiness to ready, and starts the outbox
+//!    relay (and, on PostgreSQL, the read cache's change feed);
 //! 3. on the shutdown signal flips health back to `NOT_SERVING` and
 //!    `/readyz` to 503, keeps answering for `drain_delay` (so load balancers
 //!    move away), then stops accepting: new calls are refused, in-flight
@@ -31,11 +32,13 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     call_layer::GrpcCallLayer,
+    change_feed::ChangeFeed,
     config::Config,
     directory::UserDirectory,
     grpc::UserGrpc,
     outbox::{OutboxRelay, RelaySettings},
-    store::{PoolSettings, UserStore},
+    read_cache::{CacheSettings, ReadCache},
+    store::{Backend, PoolSettings, UserStore},
 };
 
 /// The readiness check (and health) that waits for the database.
@@ -83,6 +86,10 @@ impl Application {
         .with_context(|| format!("cannot bind the ops address {}", config.ops_addr))?;
         let health = HealthReporter::new();
         set_health(&health, ServingStatus::NotServing).await;
+        let directory = UserDirectory::new(ReadCache::new(CacheSettings {
+            capacity: config.read_cache_capacity,
+            ttl: config.read_cache_ttl,
+        }));
         Ok(Application {
             config,
             grpc_listener,
@@ -91,7 +98,7 @@ impl Application {
             ops_stop: ops_stop.drop_guard(),
             readiness,
             health,
-            directory: UserDirectory::new(),
+            directory,
         })
     }
 
@@ -103,6 +110,11 @@ impl Application {
     /// The bound JSON gateway address.
     pub fn http_addr(&self) -> SocketAddr {
         local_addr(&self.http_listener, self.config.http_addr)
+    }
+
+    /// `GetUser`'s read cache (to watch it; the service manages it).
+    pub fn read_cache(&self) -> std::sync::Arc<ReadCache> {
+        self.directory.cache()
     }
 
     /// The bound ops address.
@@ -152,10 +164,18 @@ impl Application {
 
         let relay_stop = CancellationToken::new();
         let mut relay = None;
+        let mut change_feed = None;
         let mut database_error = None;
         tokio::select! {
             store = open_database(&config) => match store {
                 Ok(store) => {
+                    if store.backend() == Backend::Postgres {
+                        // Other replicas may write: nothing is cached until
+                        // their changes can be heard.
+                        directory.cache().suspend();
+                        let feed = ChangeFeed::new(config.database_url.clone(), directory.cache());
+                        change_feed = Some(tokio::spawn(feed.run(relay_stop.clone())));
+                    }
                     directory.attach(store.clone());
                     readiness.set(DATABASE_CHECK, true);
                     set_health(&health, ServingStatus::Serving).await;
@@ -196,6 +216,10 @@ impl Application {
             && let Err(error) = stop_task(relay, RELAY_FLUSH_GRACE).await
         {
             tracing::warn!(error = %error, "outbox relay did not stop in time; pending events stay in the outbox");
+        }
+        if let Some(feed) = change_feed {
+            // It only listens: nothing is lost by stopping it at once.
+            feed.abort();
         }
         if let Some(store) = directory.store() {
             store.close().await;

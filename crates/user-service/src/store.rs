@@ -228,6 +228,7 @@ impl UserStore {
         let user = user_from_row(&row)?;
         self.append_event(&mut tx, &event_for(&user), traceparent)
             .await?;
+        self.announce_change(&mut tx, id).await?;
         tx.commit().await.map_err(|e| self.classify(e))?;
         Ok(user)
     }
@@ -249,6 +250,7 @@ impl UserStore {
             return Err(UserError::NotFound(id.to_string()));
         }
         self.append_event(&mut tx, event, traceparent).await?;
+        self.announce_change(&mut tx, id).await?;
         tx.commit().await.map_err(|e| self.classify(e))
     }
 
@@ -333,6 +335,27 @@ impl UserStore {
         .execute(&mut **tx)
         .await
         .map_err(|e| self.classify(e))?;
+        Ok(())
+    }
+
+    /// Tells every replica's change feed that user `id` changed, when (and
+    /// only if) `tx` commits; see [`crate::change_feed`]. SQLite has no other
+    /// replica to tell.
+    async fn announce_change(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        id: &str,
+    ) -> Result<(), UserError> {
+        if self.backend != Backend::Postgres {
+            return Ok(());
+        }
+        // `pg_notify` returns `void`, a type the Any driver cannot carry.
+        sqlx::query("SELECT 1 FROM pg_notify($1, $2)")
+            .bind(crate::change_feed::CHANNEL)
+            .bind(id)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| self.classify(e))?;
         Ok(())
     }
 

@@ -25,7 +25,7 @@ use tokio::{
 };
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-use user_service::{Application, Config};
+use user_service::{Application, Config, read_cache::ReadCache};
 
 /// The PostgreSQL server of the machine (trust auth); each test creates its
 /// own database on it.
@@ -379,6 +379,7 @@ pub(crate) struct TestApp {
     pub(crate) handle: JoinHandle<anyhow::Result<()>>,
     pub(crate) queue: TestQueue,
     pub(crate) db: TestDatabase,
+    pub(crate) cache: Arc<ReadCache>,
 }
 
 impl TestApp {
@@ -410,6 +411,7 @@ impl TestApp {
             grpc_addr: application.grpc_addr(),
             http_addr: application.http_addr(),
             ops_addr: application.ops_addr(),
+            cache: application.read_cache(),
             handle: tokio::spawn(application.run_until_stopped(shutdown.clone())),
             shutdown,
             queue,

@@ -9,5 +9,6 @@ mod grpc;
 mod health;
 mod helpers;
 mod http;
+mod read_cache;
 mod reflection;
 mod trace;

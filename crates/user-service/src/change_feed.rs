@@ -1,0 +1,121 @@
+//! Changes committed by other replicas, heard as PostgreSQL notifications,
+//! so each replica's [`ReadCache`] forgets a user soon after anyone changed
+//! it.
+//!
+//! Every update and delete runs `pg_notify('user_changed', <id>)` inside its
+//! transaction ([`crate::store`]); PostgreSQL delivers it to every listener
+//! when, and only if, the transaction commits. Notifications are not stored:
+//! one sent while a listener's connection was down is gone. So the cache is
+//! suspended from the moment the connection is lost until a new one is
+//! listening again, and then starts from empty.
+//!
+//! A connection that dies without a word (a network partition, no FIN) is
+//! not noticed here; entries then still expire after the cache's TTL.
+//!
+//! SQLite has no such feed and needs none: the file belongs to one process,
+//! whose own writes invalidate directly.
+
+use std::sync::Arc;
+
+use common::{config::SecretUrl, retry::RetryPolicy};
+use sqlx::postgres::PgListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::read_cache::ReadCache;
+
+/// The notification channel; the payload is the user id.
+pub const CHANNEL: &str = "user_changed";
+
+/// Listens for changes and invalidates the cache; see the module docs.
+#[derive(Debug)]
+pub struct ChangeFeed {
+    url: SecretUrl,
+    cache: Arc<ReadCache>,
+}
+
+impl ChangeFeed {
+    /// A feed for the PostgreSQL at `url`, invalidating `cache`.
+    pub fn new(url: SecretUrl, cache: Arc<ReadCache>) -> Self {
+        ChangeFeed { url, cache }
+    }
+
+    /// Listens until `stop`, reconnecting with backoff; the cache is
+    /// suspended whenever the feed is not listening.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut backoff = RetryPolicy::reconnect().backoff();
+        loop {
+            self.cache.suspend();
+            let listening = tokio::select! {
+                listening = self.listen() => listening,
+                () = stop.cancelled() => return,
+            };
+            match listening {
+                Ok(listener) => {
+                    // Anything cached before now may predate a change that
+                    // was never heard: start from empty.
+                    self.cache.resume();
+                    tracing::info!(channel = CHANNEL, "read cache following changes");
+                    backoff = RetryPolicy::reconnect().backoff();
+                    if self.follow(listener, &stop).await.is_stopped() {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    metrics::counter!("user_cache_feed_errors_total").increment(1);
+                    tracing::warn!(%error, "cannot listen for user changes; read cache suspended");
+                }
+            }
+            let delay = backoff.next().unwrap_or_default();
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = stop.cancelled() => return,
+            }
+        }
+    }
+
+    async fn listen(&self) -> Result<PgListener, sqlx::Error> {
+        let mut listener = PgListener::connect(self.url.expose()).await?;
+        // Report a lost connection at once instead of reconnecting inside
+        // `try_recv` (which waits out its pool's 30 s acquire timeout while
+        // the database is down, and the cache would keep serving meanwhile).
+        listener.eager_reconnect(false);
+        listener.listen(CHANNEL).await?;
+        Ok(listener)
+    }
+
+    /// Invalidates on every notification until the connection is lost or
+    /// `stop` fires.
+    async fn follow(&self, mut listener: PgListener, stop: &CancellationToken) -> Followed {
+        loop {
+            let next = tokio::select! {
+                next = listener.try_recv() => next,
+                () = stop.cancelled() => return Followed::Stopped,
+            };
+            match next {
+                Ok(Some(notification)) => self.cache.invalidate(notification.payload()),
+                // The connection dropped: whatever was sent meanwhile is lost.
+                Ok(None) => {
+                    metrics::counter!("user_cache_feed_errors_total").increment(1);
+                    tracing::warn!("user change feed lost its connection; read cache suspended");
+                    return Followed::Lost;
+                }
+                Err(error) => {
+                    metrics::counter!("user_cache_feed_errors_total").increment(1);
+                    tracing::warn!(%error, "user change feed failed; read cache suspended");
+                    return Followed::Lost;
+                }
+            }
+        }
+    }
+}
+
+enum Followed {
+    Lost,
+    Stopped,
+}
+
+impl Followed {
+    fn is_stopped(&self) -> bool {
+        matches!(self, Followed::Stopped)
+    }
+}
