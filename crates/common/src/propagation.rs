@@ -81,6 +81,18 @@ pub fn inject_nats(headers: &mut async_nats::HeaderMap) {
     inject(&current_context(), &mut NatsHeaders(headers));
 }
 
+/// Like [`inject_nats`], but only when the current span is part of a trace;
+/// returns whether it wrote. Cheaper than running the propagator for nothing
+/// and then looking the header up, on a path taken once per message.
+pub fn inject_nats_if_traced(headers: &mut async_nats::HeaderMap) -> bool {
+    let cx = current_context();
+    if !cx.span().span_context().is_valid() {
+        return false;
+    }
+    inject(&cx, &mut NatsHeaders(headers));
+    true
+}
+
 /// Reads a context from NATS headers (messages without headers have none).
 pub fn extract_nats(headers: Option<&async_nats::HeaderMap>) -> Context {
     match headers {

@@ -274,28 +274,27 @@ impl Application {
         ));
 
         let mut recorder = ReadingRecorder::new(&config.subject_prefix, shared.clone());
-        {
-            let mut both = futures::stream::select(&mut readings, &mut bare_readings);
-            let mut batch = Vec::with_capacity(BATCH);
-            loop {
-                let first = tokio::select! {
-                    biased;
-                    message = both.next() => message,
-                    () = shutdown.cancelled() => break,
-                };
-                let Some(first) = first else { break };
-                batch.push(first);
-                // Whatever else is already buffered goes in the same batch:
-                // one lock and one clock read for many readings.
-                while batch.len() < BATCH {
-                    match both.next().now_or_never() {
-                        Some(Some(message)) => batch.push(message),
-                        _ => break,
-                    }
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            // Unbiased: a busy per-sensor subscription must not starve the other.
+            let first = tokio::select! {
+                message = readings.next() => message,
+                message = bare_readings.next() => message,
+                () = shutdown.cancelled() => break,
+            };
+            let Some(first) = first else { break };
+            batch.push(first);
+            // Whatever else is already buffered goes in the same batch: one
+            // lock and one clock read for many readings. Only the per-sensor
+            // subscription is drained so; readings on the bare prefix are rare.
+            while batch.len() < BATCH {
+                match readings.next().now_or_never() {
+                    Some(Some(message)) => batch.push(message),
+                    _ => break,
                 }
-                recorder.record_all(&batch);
-                batch.clear();
             }
+            recorder.record_all(&batch);
+            batch.clear();
         }
 
         // Drain: no new readings, but those already buffered still count.

@@ -34,8 +34,9 @@ use async_nats::{
 };
 use bytes::{Bytes, BytesMut};
 use common::{
-    codec::{CONTENT_TYPE_HEADER, Codec, ContentType},
-    propagation::{TRACEPARENT, inject_nats},
+    codec::{Codec, ContentType},
+    nats::CONTENT_TYPE,
+    propagation::{TRACEPARENT, inject_nats_if_traced},
     proto::sensor::v1::SensorReading,
     retry::RetryPolicy,
 };
@@ -44,9 +45,7 @@ use metrics::Counter;
 use rand::Rng;
 use tokio::{sync::mpsc, task::JoinHandle};
 
-/// Header names built once: `HeaderName::from_static` is free, parsing a
-/// `&str` per message is not.
-const CONTENT_TYPE: HeaderName = HeaderName::from_static(CONTENT_TYPE_HEADER);
+/// Built once, like [`CONTENT_TYPE`]: parsing a `&str` name per message is not free.
 const TRACE_PARENT: HeaderName = HeaderName::from_static(TRACEPARENT);
 
 /// Size of the blocks readings are encoded into (Protobuf).
@@ -408,8 +407,7 @@ fn unsent(counts: &PublishCounts, reason: &'static str) {
 fn reading_headers(content_type: HeaderValue) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, content_type);
-    inject_nats(&mut headers);
-    if headers.get(TRACEPARENT).is_none() {
+    if !inject_nats_if_traced(&mut headers) {
         headers.insert(TRACE_PARENT, HeaderValue::from(fresh_traceparent()));
     }
     headers
@@ -558,7 +556,9 @@ mod tests {
     fn readings_carry_content_type_and_traceparent() {
         let headers = reading_headers(HeaderValue::from(ContentType::Protobuf.mime()));
         assert_eq!(
-            headers.get(CONTENT_TYPE_HEADER).map(|v| v.as_str()),
+            headers
+                .get(common::codec::CONTENT_TYPE_HEADER)
+                .map(|v| v.as_str()),
             Some("application/protobuf")
         );
         let context = common::propagation::extract_nats(Some(&headers));
