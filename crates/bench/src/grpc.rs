@@ -149,12 +149,7 @@ async fn compare(
     uncached: &UserServiceUnderTest,
     raw: &RawHealthServer,
 ) -> anyhow::Result<()> {
-    let client = UserClient::connect_lazy(ClientConfig {
-        url: format!("http://{}", service.grpc_addr),
-        timeout: Duration::from_secs(5),
-        retry: RetryPolicy::rpc(),
-        breaker: BreakerConfig::default(),
-    })?;
+    let client = UserClient::connect_lazy(client_config(service))?;
     let ids: Arc<Vec<String>> = Arc::new((0..args.users).map(|n| format!("u-{n:05}")).collect());
     for id in ids.iter() {
         client
@@ -190,40 +185,16 @@ async fn compare(
         }
     };
     let our_call = {
-        let ids = ids.clone();
-        move |n: u32| {
-            let client = client.clone();
-            let ids = ids.clone();
-            async move {
-                let id = &ids[n as usize % ids.len()];
-                client
-                    .get_user(id)
-                    .await
-                    .map(|_| ())
-                    .map_err(anyhow::Error::from)
-            }
-        }
+        let (client, ids) = (client.clone(), ids.clone());
+        move |n: u32| get_nth_user(client.clone(), ids.clone(), n)
     };
     let uncached_call = {
         let client = UserClient::connect_lazy(ClientConfig {
             url: format!("http://{}", uncached.grpc_addr),
-            timeout: Duration::from_secs(5),
-            retry: RetryPolicy::rpc(),
-            breaker: BreakerConfig::default(),
+            ..client_config(service)
         })?;
         let ids = ids.clone();
-        move |n: u32| {
-            let client = client.clone();
-            let ids = ids.clone();
-            async move {
-                let id = &ids[n as usize % ids.len()];
-                client
-                    .get_user(id)
-                    .await
-                    .map(|_| ())
-                    .map_err(anyhow::Error::from)
-            }
-        }
+        move |n: u32| get_nth_user(client.clone(), ids.clone(), n)
     };
     // The same call through the bare generated client: the client
     // library's own cost is the difference to `ours`.
@@ -331,6 +302,23 @@ async fn compare(
     for line in lines {
         println!("{}", line.result_line());
     }
+    Ok(())
+}
+
+/// How task-worker configures its client, aimed at `service`.
+fn client_config(service: &UserServiceUnderTest) -> ClientConfig {
+    ClientConfig {
+        url: format!("http://{}", service.grpc_addr),
+        timeout: Duration::from_secs(5),
+        retry: RetryPolicy::rpc(),
+        breaker: BreakerConfig::default(),
+    }
+}
+
+/// Looks up user `ids[n % len]` through `client` (call `n` of a load).
+async fn get_nth_user(client: UserClient, ids: Arc<Vec<String>>, n: u32) -> anyhow::Result<()> {
+    let id = &ids[n as usize % ids.len()];
+    client.get_user(id).await?;
     Ok(())
 }
 

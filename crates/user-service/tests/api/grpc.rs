@@ -8,7 +8,9 @@ use common::proto::user::v1::{
 use tonic::Code;
 
 use crate::{
-    helpers::{Db, TcpProxy, TestApp, TestDatabase, TestQueue, test_config, wait_for},
+    helpers::{
+        Db, POSTGRES_ADDR, TcpProxy, TestApp, TestDatabase, TestQueue, test_config, wait_for,
+    },
     on_both_databases,
 };
 
@@ -337,15 +339,10 @@ async fn the_sqlite_file_and_its_directory_are_created() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_is_unavailable_and_service_resumes_after_it() {
     // Arrange: the service reaches PostgreSQL through a proxy we can cut.
-    let db = TestDatabase::create(Db::Postgres).await;
-    let postgres: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
-    let proxy = TcpProxy::start("127.0.0.1:0".parse().unwrap(), postgres).await;
-    let through_proxy = db.url.replace("127.0.0.1:5432", &proxy.addr.to_string());
-    let queue = TestQueue::new();
-    let mut config = test_config(&through_proxy, &queue.name);
-    config.db_acquire_timeout = Duration::from_millis(500);
-    let app = TestApp::start(config, db, queue).await;
-    app.wait_until_serving().await;
+    let (app, proxy) = TestApp::spawn_behind_proxy(|config| {
+        config.db_acquire_timeout = Duration::from_millis(500);
+    })
+    .await;
     app.create_user("u-1", "Alice", 30).await;
 
     // Act: the database goes away.
@@ -364,7 +361,7 @@ async fn a_database_outage_is_unavailable_and_service_resumes_after_it() {
     }
 
     // And once it is back, calls work again.
-    let proxy = TcpProxy::start(proxy.addr, postgres).await;
+    let proxy = TcpProxy::start(proxy.addr, POSTGRES_ADDR).await;
     wait_for(
         "the database to answer again",
         Duration::from_secs(30),

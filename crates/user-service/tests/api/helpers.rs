@@ -400,6 +400,22 @@ impl TestApp {
         app
     }
 
+    /// A fresh PostgreSQL database reached through a [`TcpProxy`] the test
+    /// can cut; the service started with `tweak` and serving.
+    pub(crate) async fn spawn_behind_proxy(tweak: impl FnOnce(&mut Config)) -> (TestApp, TcpProxy) {
+        let db = TestDatabase::create(Db::Postgres).await;
+        let proxy = TcpProxy::start("127.0.0.1:0".parse().unwrap(), POSTGRES_ADDR).await;
+        let through_proxy = db
+            .url
+            .replace(&POSTGRES_ADDR.to_string(), &proxy.addr.to_string());
+        let queue = TestQueue::new();
+        let mut config = test_config(&through_proxy, &queue.name);
+        tweak(&mut config);
+        let app = TestApp::start(config, db, queue).await;
+        app.wait_until_serving().await;
+        (app, proxy)
+    }
+
     /// Starts the service with `config`; does not wait for the database.
     pub(crate) async fn start(config: Config, db: TestDatabase, queue: TestQueue) -> TestApp {
         common::telemetry::init_for_tests();
@@ -507,6 +523,12 @@ impl TestApp {
         (self.db, self.queue)
     }
 }
+
+/// The machine's PostgreSQL, where [`TcpProxy`]s forward to.
+pub(crate) const POSTGRES_ADDR: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    5432,
+));
 
 /// Polls `condition` every 50 ms until it holds; panics after `timeout`.
 pub(crate) async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut condition: F)

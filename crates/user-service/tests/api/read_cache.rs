@@ -14,7 +14,7 @@ use tonic::{Code, transport::Channel};
 use user_service::Application;
 
 use crate::{
-    helpers::{Db, TcpProxy, TestApp, TestDatabase, TestQueue, test_config, wait_for},
+    helpers::{Db, TestApp, TestQueue, test_config, wait_for},
     on_both_databases,
 };
 
@@ -76,16 +76,11 @@ async fn a_change_through_this_replica_is_read_back_at_once(db: Db) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_change_feed_stops_the_cache_from_serving() {
     // Arrange: PostgreSQL behind a proxy we can cut; u-1 read once (cached).
-    let db = TestDatabase::create(Db::Postgres).await;
-    let postgres: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
-    let proxy = TcpProxy::start("127.0.0.1:0".parse().unwrap(), postgres).await;
-    let through_proxy = db.url.replace("127.0.0.1:5432", &proxy.addr.to_string());
-    let queue = TestQueue::new();
-    let mut config = test_config(&through_proxy, &queue.name);
-    config.db_acquire_timeout = Duration::from_millis(500);
-    config.read_cache_ttl = Duration::from_secs(600);
-    let app = TestApp::start(config, db, queue).await;
-    app.wait_until_serving().await;
+    let (app, proxy) = TestApp::spawn_behind_proxy(|config| {
+        config.db_acquire_timeout = Duration::from_millis(500);
+        config.read_cache_ttl = Duration::from_secs(600);
+    })
+    .await;
     app.create_user("u-1", "Alice", 30).await;
     app.create_user("u-2", "Bob", 40).await;
     let mut client = app.grpc().await;
