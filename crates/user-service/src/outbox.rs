@@ -13,6 +13,13 @@
 //! process dies between the broker's confirm and the row's deletion, or two
 //! replicas relay the same table), so consumers deduplicate on `event_id`
 //! (also the AMQP `message_id`). Events of one user leave in commit order.
+//!
+//! One relay per database: on PostgreSQL, where replicas share the outbox,
+//! only the replica holding the [`RelayLease`] relays and the others stand
+//! by, trying again every `poll_interval`; when the holder dies its lease
+//! frees itself and one of them takes over. So replicas do not publish the
+//! same rows twice, and a change made through a standby replica leaves at
+//! the holder's next poll (at most `poll_interval` later).
 
 use std::{sync::Arc, time::Duration};
 
@@ -27,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     error::UserError,
-    store::{PendingEvent, UserStore},
+    store::{PendingEvent, RelayLease, UserStore},
 };
 
 /// How long one batch may wait for the broker's confirms before the link
@@ -50,6 +57,10 @@ pub enum RelayError {
     /// No confirm came in time.
     #[error("no confirm from rabbitmq within {0:?}")]
     ConfirmTimeout(Duration),
+    /// The relay lease's database session ended; another replica may be
+    /// relaying now.
+    #[error("the outbox relay lease was lost (its database session ended)")]
+    LeaseLost,
 }
 
 /// Settings of the relay.
@@ -89,15 +100,20 @@ impl OutboxRelay {
     pub async fn run(self, stop: CancellationToken) {
         let queue = self.settings.queue.as_str();
         let mut backoff = RetryPolicy::reconnect().backoff();
+        let leader = metrics::gauge!("outbox_relay_leader");
         loop {
             if stop.is_cancelled() {
                 break;
             }
+            let Some(mut lease) = self.wait_for_lease(&stop).await else {
+                break;
+            };
+            leader.set(1.0);
             match self.connect().await {
                 Ok(link) => {
                     tracing::info!(queue, "outbox relay connected to rabbitmq");
                     backoff = RetryPolicy::reconnect().backoff();
-                    let outcome = self.relay(&link, &stop).await;
+                    let outcome = self.relay(&link, &mut lease, &stop).await;
                     // Closing politely lets the broker flush; errors here only
                     // mean the connection is gone already.
                     let _ = link
@@ -107,7 +123,7 @@ impl OutboxRelay {
                     match outcome {
                         Ok(()) => break,
                         Err(error) => {
-                            tracing::warn!(error = %error, queue, "outbox relay lost rabbitmq, events wait in the outbox");
+                            tracing::warn!(error = %error, queue, "outbox relay interrupted, events wait in the outbox");
                         }
                     }
                 }
@@ -115,6 +131,9 @@ impl OutboxRelay {
                     tracing::warn!(error = %error, amqp_url = %self.settings.amqp_url, queue, "cannot reach rabbitmq, events wait in the outbox");
                 }
             }
+            // Free for another replica while this one waits to reconnect.
+            drop(lease);
+            leader.set(0.0);
             let delay = backoff.next().unwrap_or(RetryPolicy::reconnect().max_delay);
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
@@ -122,6 +141,40 @@ impl OutboxRelay {
             }
         }
         tracing::info!(queue, "outbox relay stopped");
+    }
+
+    /// Waits until this replica may relay (at once on SQLite); `None` when
+    /// stopped first: the replica holding the lease relays this one's events.
+    async fn wait_for_lease(&self, stop: &CancellationToken) -> Option<RelayLease> {
+        let mut standing_by = false;
+        let mut failing = false;
+        loop {
+            match self.store.try_relay_lease().await {
+                Ok(Some(lease)) => {
+                    if standing_by || failing {
+                        tracing::info!("outbox relay lease taken: relaying");
+                    }
+                    return Some(lease);
+                }
+                Ok(None) => {
+                    if !standing_by {
+                        tracing::info!("another replica relays the outbox; standing by");
+                    }
+                    standing_by = true;
+                }
+                // Said once per outage, not every poll.
+                Err(error) => {
+                    if !failing {
+                        tracing::warn!(error = %error, "cannot take the outbox relay lease");
+                    }
+                    failing = true;
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.settings.poll_interval) => {}
+                () = stop.cancelled() => return None,
+            }
+        }
     }
 
     async fn connect(&self) -> Result<AmqpLink, lapin::Error> {
@@ -154,9 +207,17 @@ impl OutboxRelay {
 
     /// Publishes batches until `stop` (then drains what is pending) or a
     /// broker error.
-    async fn relay(&self, link: &AmqpLink, stop: &CancellationToken) -> Result<(), RelayError> {
+    async fn relay(
+        &self,
+        link: &AmqpLink,
+        lease: &mut RelayLease,
+        stop: &CancellationToken,
+    ) -> Result<(), RelayError> {
         let mut stopping = stop.is_cancelled();
         loop {
+            if !lease.is_held().await {
+                return Err(RelayError::LeaseLost);
+            }
             let batch = match self.store.pending_events(self.settings.batch_size).await {
                 Ok(batch) => batch,
                 Err(error) => {

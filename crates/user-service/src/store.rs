@@ -107,6 +107,32 @@ pub struct PendingEvent {
     pub traceparent: Option<String>,
 }
 
+/// Key of the PostgreSQL advisory lock behind a [`RelayLease`] (any fixed
+/// number; these are the bytes of "outbox").
+const RELAY_LOCK_KEY: i64 = 0x6f75_7462_6f78;
+
+/// The right to relay the outbox; see [`UserStore::try_relay_lease`]. Held
+/// until dropped, or until its connection dies.
+#[derive(Debug)]
+pub struct RelayLease {
+    /// The session holding the advisory lock (PostgreSQL only).
+    connection: Option<sqlx::AnyConnection>,
+}
+
+impl RelayLease {
+    /// Whether the lease still holds: its session answers. A lost session
+    /// has lost the lock, and another replica may be relaying already.
+    pub async fn is_held(&mut self) -> bool {
+        match &mut self.connection {
+            None => true,
+            Some(connection) => sqlx::query("SELECT 1")
+                .execute(&mut *connection)
+                .await
+                .is_ok(),
+        }
+    }
+}
+
 /// The users table and its outbox. Cheap to clone (the pool is shared).
 #[derive(Debug, Clone)]
 pub struct UserStore {
@@ -296,6 +322,31 @@ impl UserStore {
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(|e| self.classify(e))
+    }
+
+    /// Tries to become the one relay of this database's outbox. SQLite
+    /// belongs to one process, so there it always succeeds. On PostgreSQL
+    /// several replicas share the outbox: the lease is a session advisory
+    /// lock on a connection of its own, so exactly one replica relays (no
+    /// replica publishes an event another is publishing, and events leave in
+    /// commit order), and when that replica dies its session ends and the
+    /// lock frees itself. `None`: another replica holds it.
+    pub async fn try_relay_lease(&self) -> Result<Option<RelayLease>, UserError> {
+        if self.backend != Backend::Postgres {
+            return Ok(Some(RelayLease { connection: None }));
+        }
+        let mut connection = self.pool.acquire().await.map_err(|e| self.classify(e))?;
+        let granted: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(RELAY_LOCK_KEY)
+            .fetch_one(&mut *connection)
+            .await
+            .map_err(|e| self.classify(e))?;
+        // Out of the pool: a pooled connection would go back still holding
+        // the lock. Dropping a detached one closes its session, which
+        // releases the lock.
+        Ok(granted.then(|| RelayLease {
+            connection: Some(connection.detach()),
+        }))
     }
 
     /// Removes an event the broker confirmed.

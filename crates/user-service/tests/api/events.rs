@@ -149,3 +149,37 @@ async fn an_event_for_a_vanished_queue_is_kept_and_sent_once_it_is_declared_agai
     assert_eq!(body["data"]["id"], "u-2");
     app.stop().await;
 }
+
+/// The `user_id` of a `data_sync` message.
+fn event_user(message: &lapin::message::BasicGetMessage) -> String {
+    let body: Value = serde_json::from_slice(&message.delivery.data).unwrap();
+    body["data"]["id"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_relays_a_shared_outbox_and_another_takes_over_when_it_stops() {
+    // Arrange: replica A relays (its first event is out), then B joins on the
+    // same PostgreSQL. Each has a data_sync queue of its own, so every event
+    // shows which replica relayed it.
+    let a = TestApp::spawn(Db::Postgres).await;
+    a.create_user("u-1", "Alice", 30).await;
+    let first = a.queue.next_message(Duration::from_secs(20)).await;
+    assert_eq!(first.as_ref().map(event_user).as_deref(), Some("u-1"));
+    let b = a.replica(|_| {}).await;
+
+    // Act + Assert: a change made through B is relayed by A alone.
+    b.create_user("u-2", "Bob", 40).await;
+    let relayed = a.queue.next_message(Duration::from_secs(20)).await;
+    assert_eq!(relayed.as_ref().map(event_user).as_deref(), Some("u-2"));
+    assert!(
+        b.queue.next_message(Duration::from_secs(2)).await.is_none(),
+        "the standby replica relayed an event"
+    );
+
+    // Act + Assert: once A stops, B takes the relay over.
+    a.stop().await;
+    b.create_user("u-3", "Carol", 50).await;
+    let taken_over = b.queue.next_message(Duration::from_secs(20)).await;
+    assert_eq!(taken_over.as_ref().map(event_user).as_deref(), Some("u-3"));
+    b.stop().await;
+}

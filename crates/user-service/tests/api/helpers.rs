@@ -378,7 +378,8 @@ pub(crate) struct TestApp {
     pub(crate) shutdown: Shutdown,
     pub(crate) handle: JoinHandle<anyhow::Result<()>>,
     pub(crate) queue: TestQueue,
-    pub(crate) db: TestDatabase,
+    /// Shared with the test's other replicas, dropped after the last one.
+    pub(crate) db: Arc<TestDatabase>,
     pub(crate) cache: Arc<ReadCache>,
 }
 
@@ -416,8 +417,23 @@ impl TestApp {
         (app, proxy)
     }
 
+    /// Another replica on this one's database, with a `data_sync` queue of
+    /// its own (so an event shows which replica relayed it); serving.
+    pub(crate) async fn replica(&self, tweak: impl FnOnce(&mut Config)) -> TestApp {
+        let queue = TestQueue::new();
+        let mut config = test_config(&self.db.url, &queue.name);
+        tweak(&mut config);
+        let replica = TestApp::start(config, self.db.clone(), queue).await;
+        replica.wait_until_serving().await;
+        replica
+    }
+
     /// Starts the service with `config`; does not wait for the database.
-    pub(crate) async fn start(config: Config, db: TestDatabase, queue: TestQueue) -> TestApp {
+    pub(crate) async fn start(
+        config: Config,
+        db: impl Into<Arc<TestDatabase>>,
+        queue: TestQueue,
+    ) -> TestApp {
         common::telemetry::init_for_tests();
         let application = Application::build(config)
             .await
@@ -431,7 +447,7 @@ impl TestApp {
             handle: tokio::spawn(application.run_until_stopped(shutdown.clone())),
             shutdown,
             queue,
-            db,
+            db: db.into(),
         }
     }
 
@@ -513,7 +529,7 @@ impl TestApp {
     }
 
     /// Triggers shutdown and waits for `run_until_stopped` to return.
-    pub(crate) async fn stop(self) -> (TestDatabase, TestQueue) {
+    pub(crate) async fn stop(self) -> (Arc<TestDatabase>, TestQueue) {
         self.shutdown.trigger();
         tokio::time::timeout(Duration::from_secs(30), self.handle)
             .await

@@ -3,18 +3,13 @@
 
 use std::time::Duration;
 
-use common::{
-    proto::user::v1::{
-        DeleteUserRequest, GetUserRequest, UpdateUserRequest,
-        user_service_client::UserServiceClient,
-    },
-    shutdown::Shutdown,
+use common::proto::user::v1::{
+    DeleteUserRequest, GetUserRequest, UpdateUserRequest, user_service_client::UserServiceClient,
 };
 use tonic::{Code, transport::Channel};
-use user_service::Application;
 
 use crate::{
-    helpers::{Db, TestApp, TestQueue, test_config, wait_for},
+    helpers::{Db, TestApp, wait_for},
     on_both_databases,
 };
 
@@ -122,19 +117,11 @@ async fn a_change_through_another_replica_reaches_this_replicas_cache() {
         config.read_cache_ttl = Duration::from_secs(600);
     })
     .await;
-    let b_queue = TestQueue::new();
-    let mut b_config = test_config(&a.db.url, &b_queue.name);
-    b_config.read_cache_ttl = Duration::from_secs(600);
-    let b = Application::build(b_config)
-        .await
-        .expect("replica b builds");
-    let b_cache = b.read_cache();
-    let b_channel = Channel::from_shared(format!("http://{}", b.grpc_addr()))
-        .unwrap()
-        .connect_lazy();
-    let mut b_client = UserServiceClient::new(b_channel);
-    let b_shutdown = Shutdown::new();
-    let b_task = tokio::spawn(b.run_until_stopped(b_shutdown.clone()));
+    let b = a
+        .replica(|config| config.read_cache_ttl = Duration::from_secs(600))
+        .await;
+    let b_cache = b.cache.clone();
+    let mut b_client = b.grpc().await;
     a.create_user("u-1", "Alice", 30).await;
     // B reads (and caches) u-1 once its feed listens.
     wait_for("replica b to cache u-1", Duration::from_secs(10), || {
@@ -166,8 +153,6 @@ async fn a_change_through_another_replica_reaches_this_replicas_cache() {
         Ok("Alice Liddell")
     );
 
-    b_shutdown.trigger();
-    b_task.await.unwrap().unwrap();
-    drop(b_queue);
+    b.stop().await;
     a.stop().await;
 }
