@@ -172,18 +172,7 @@ async fn compare(
         "p99 µs".into(),
     ]];
     let mut results = Vec::new();
-    let raw_call = move |_: u32| {
-        let mut health = health.clone();
-        async move {
-            health
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .map(|_| ())
-                .map_err(anyhow::Error::from)
-        }
-    };
+    let raw_call = move |_: u32| check_health(health.clone());
     let our_call = {
         let (client, ids) = (client.clone(), ids.clone());
         move |n: u32| get_nth_user(client.clone(), ids.clone(), n)
@@ -217,18 +206,7 @@ async fn compare(
     // (trace context, deadline, metrics), without the database.
     let layered_call = {
         let health = HealthClient::new(channel(service.grpc_addr)?);
-        move |_: u32| {
-            let mut health = health.clone();
-            async move {
-                health
-                    .check(HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await
-                    .map(|_| ())
-                    .map_err(anyhow::Error::from)
-            }
-        }
+        move |_: u32| check_health(health.clone())
     };
     for &concurrency in &args.concurrency {
         // Rounds alternate the three calls, so a change in the machine's
@@ -313,6 +291,16 @@ fn client_config(service: &UserServiceUnderTest) -> ClientConfig {
         retry: RetryPolicy::rpc(),
         breaker: BreakerConfig::default(),
     }
+}
+
+/// One `grpc.health.v1.Health/Check` of the whole server.
+async fn check_health(mut health: HealthClient<Channel>) -> anyhow::Result<()> {
+    health
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await?;
+    Ok(())
 }
 
 /// Looks up user `ids[n % len]` through `client` (call `n` of a load).

@@ -146,10 +146,7 @@ impl UserDirectory {
                 current_traceparent().as_deref(),
             )
             .await;
-        // Also on error: a failed commit may still have committed.
-        self.cache.invalidate(id);
-        let user = updated?;
-        self.outbox_wakeup.notify_one();
+        let user = self.changed(id, updated)?;
         tracing::info!(user_id = %id, "user updated");
         Ok(user)
     }
@@ -162,11 +159,19 @@ impl UserDirectory {
             .ready_store()?
             .delete(id, &event, current_traceparent().as_deref())
             .await;
-        self.cache.invalidate(id);
-        deleted?;
-        self.outbox_wakeup.notify_one();
+        self.changed(id, deleted)?;
         tracing::info!(user_id = %id, "user deleted");
         Ok(())
+    }
+
+    /// After a write of user `id`: the cache forgets the user whatever the
+    /// outcome (a commit that reported an error may still have committed);
+    /// on success the relay is woken for the new event.
+    fn changed<T>(&self, id: &str, outcome: Result<T, UserError>) -> Result<T, UserError> {
+        self.cache.invalidate(id);
+        let value = outcome?;
+        self.outbox_wakeup.notify_one();
+        Ok(value)
     }
 
     /// A page of users ordered by id.
