@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one test command (README, .ci/run): brings up what the tests need, then
-# fmt, clippy and the whole workspace's tests against the real brokers.
+# fmt, clippy, rustdoc and the whole workspace's tests against the real brokers.
 #
 #   scripts/test.sh            everything
 #   CARGO_TARGET_DIR=/cache/x scripts/test.sh   reuse a build cache outside the clone
@@ -64,6 +64,9 @@ cargo fmt --all -- --check
 
 say "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+say "cargo doc (broken intra-doc links fail)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
 say "cargo test"
 cargo test --workspace --locked --no-fail-fast

@@ -3,17 +3,17 @@
 //!
 //! - Fair dispatch: `concurrency` handler slots per process, each a consumer
 //!   with `basic_qos(prefetch)` (default 1, the seed's), manual ack only after
-//!   the handler finished ([`consumer`]).
+//!   the handler finished (`consumer`).
 //! - Failures: a transient one goes to a retry tier and comes back after an
 //!   exponentially growing delay, with `x-attempts` counting; after
 //!   `max_attempts` deliveries, or at once for a permanent failure, an unknown
 //!   kind or an undecodable body, the task goes to `<queue>.dlq` with headers
-//!   naming the reason, the error, the attempts and the time ([`processing`],
+//!   naming the reason, the error, the attempts and the time (`processing`,
 //!   [`routing`], topology in [`task_producer::topology`]).
 //! - Idempotent: a redelivered task that was already done is acked and
 //!   skipped ([`finished`]).
 //! - Resilient: reconnects after a broker restart and declares the topology
-//!   again ([`session`]); on SIGTERM stops consuming, finishes and acks what
+//!   again (`session`); on SIGTERM stops consuming, finishes and acks what
 //!   is in flight, closes, within `shutdown_grace_ms`.
 //! - `notify` asks user-service for the owner (request-reply inside a worker,
 //!   [`notify`]); while the user-service circuit breaker is open the worker

@@ -10,7 +10,7 @@
 //!   `Server::timeout` would answer `CANCELLED`, which tells a client
 //!   nothing about why.) tonic's transport still arms its own timer from the
 //!   same `grpc-timeout` *outside* this layer and answers `CANCELLED` when it
-//!   fires first, so this layer's timer ends [`TRANSPORT_TIMER_MARGIN`]
+//!   fires first, so this layer's timer ends `TRANSPORT_TIMER_MARGIN` (5 ms)
 //!   earlier and always wins.
 //! - **metrics**: `grpc_server_requests_total{method,code}` and
 //!   `grpc_server_duration_seconds{method}`, recorded when the response
