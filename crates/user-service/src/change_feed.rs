@@ -2,9 +2,10 @@
 //! so each replica's [`ReadCache`] forgets a user soon after anyone changed
 //! it.
 //!
-//! Every update and delete runs `pg_notify('user_changed', <id>)` inside its
-//! transaction ([`crate::store`]); PostgreSQL delivers it to every listener
-//! when, and only if, the transaction commits. Notifications are not stored:
+//! Every create, update and delete runs `pg_notify('user_changed', <id>)`
+//! inside its transaction ([`crate::store`]); PostgreSQL delivers it to every
+//! listener when, and only if, the transaction commits. (The outbox relay
+//! listens too: a change through any replica wakes it.) Notifications are not stored:
 //! one sent while a listener's connection was down is gone. So the cache is
 //! suspended from the moment the connection is lost until a new one is
 //! listening again, and then starts from empty.
@@ -74,13 +75,7 @@ impl ChangeFeed {
     }
 
     async fn listen(&self) -> Result<PgListener, sqlx::Error> {
-        let mut listener = PgListener::connect(self.url.expose()).await?;
-        // Report a lost connection at once instead of reconnecting inside
-        // `try_recv` (which waits out its pool's 30 s acquire timeout while
-        // the database is down, and the cache would keep serving meanwhile).
-        listener.eager_reconnect(false);
-        listener.listen(CHANNEL).await?;
-        Ok(listener)
+        listen_for_changes(&self.url).await
     }
 
     /// Invalidates on every notification until the connection is lost or
@@ -107,6 +102,18 @@ impl ChangeFeed {
             }
         }
     }
+}
+
+/// A connection of its own to the PostgreSQL at `url`, listening on
+/// [`CHANNEL`]. A lost connection shows as `Ok(None)` from `try_recv` at
+/// once: it does not reconnect inside `try_recv` (which would wait out its
+/// pool's 30 s acquire timeout while the database is down); the caller
+/// decides.
+pub async fn listen_for_changes(url: &SecretUrl) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect(url.expose()).await?;
+    listener.eager_reconnect(false);
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
 }
 
 enum Followed {

@@ -18,8 +18,9 @@
 //! only the replica holding the [`RelayLease`] relays and the others stand
 //! by, trying again every `poll_interval`; when the holder dies its lease
 //! frees itself and one of them takes over. So replicas do not publish the
-//! same rows twice, and a change made through a standby replica leaves at
-//! the holder's next poll (at most `poll_interval` later).
+//! same rows twice. The holder also listens on the change feed's channel
+//! ([`crate::change_feed`]), so a change committed through any replica wakes
+//! it at once; polling is the fallback when that connection is down.
 
 use std::{sync::Arc, time::Duration};
 
@@ -29,12 +30,13 @@ use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
     types::{AMQPValue, FieldTable, LongString},
 };
+use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     error::UserError,
-    store::{PendingEvent, RelayLease, UserStore},
+    store::{Backend, PendingEvent, RelayLease, UserStore},
 };
 
 /// How long one batch may wait for the broker's confirms before the link
@@ -74,6 +76,9 @@ pub struct RelaySettings {
     pub poll_interval: Duration,
     /// Events per database read.
     pub batch_size: u32,
+    /// The database, for the change notifications that wake the relay
+    /// (PostgreSQL; `None` or SQLite: this process's commits wake it).
+    pub change_feed_url: Option<SecretUrl>,
 }
 
 /// The relay task's state.
@@ -113,7 +118,8 @@ impl OutboxRelay {
                 Ok(link) => {
                     tracing::info!(queue, "outbox relay connected to rabbitmq");
                     backoff = RetryPolicy::reconnect().backoff();
-                    let outcome = self.relay(&link, &mut lease, &stop).await;
+                    let mut changes = self.listen_for_changes().await;
+                    let outcome = self.relay(&link, &mut lease, &mut changes, &stop).await;
                     // Closing politely lets the broker flush; errors here only
                     // mean the connection is gone already.
                     let _ = link
@@ -177,6 +183,22 @@ impl OutboxRelay {
         }
     }
 
+    /// Notifications of commits through other replicas, when there can be
+    /// any; without them the relay still polls.
+    async fn listen_for_changes(&self) -> Option<PgListener> {
+        let url = self.settings.change_feed_url.as_ref()?;
+        if self.store.backend() != Backend::Postgres {
+            return None;
+        }
+        match crate::change_feed::listen_for_changes(url).await {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot listen for changes; the outbox relay polls");
+                None
+            }
+        }
+    }
+
     async fn connect(&self) -> Result<AmqpLink, lapin::Error> {
         let connection = Connection::connect(
             self.settings.amqp_url.expose(),
@@ -211,6 +233,7 @@ impl OutboxRelay {
         &self,
         link: &AmqpLink,
         lease: &mut RelayLease,
+        changes: &mut Option<PgListener>,
         stop: &CancellationToken,
     ) -> Result<(), RelayError> {
         let mut stopping = stop.is_cancelled();
@@ -225,7 +248,7 @@ impl OutboxRelay {
                     if stopping {
                         return Ok(());
                     }
-                    self.idle(stop).await;
+                    self.idle(changes, stop).await;
                     stopping = stop.is_cancelled();
                     continue;
                 }
@@ -237,16 +260,33 @@ impl OutboxRelay {
             if stopping {
                 return Ok(());
             }
-            self.idle(stop).await;
+            self.idle(changes, stop).await;
             // After the stop signal, one more pass takes the events of the
             // calls that finished during shutdown.
             stopping = stop.is_cancelled();
         }
     }
 
-    async fn idle(&self, stop: &CancellationToken) {
+    /// Waits for a reason to look at the outbox again: a commit here, a
+    /// commit through another replica, the poll interval, or the stop.
+    async fn idle(&self, changes: &mut Option<PgListener>, stop: &CancellationToken) {
+        let notified = async {
+            match changes.as_mut() {
+                Some(listener) => match listener.try_recv().await {
+                    // One look at the outbox serves every change so far.
+                    Ok(Some(_)) => while listener.next_buffered().is_some() {},
+                    // Lost: poll from now on (the next lease gets a new one).
+                    Ok(None) | Err(_) => {
+                        tracing::warn!("change notifications lost; the outbox relay polls");
+                        *changes = None;
+                    }
+                },
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = self.wakeup.notified() => {}
+            () = notified => {}
             () = tokio::time::sleep(self.settings.poll_interval) => {}
             () = stop.cancelled() => {}
         }

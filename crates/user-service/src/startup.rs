@@ -185,6 +185,7 @@ impl Application {
                         queue: config.data_sync_queue.clone(),
                         poll_interval: config.outbox_poll_interval,
                         batch_size: config.outbox_batch_size,
+                        change_feed_url: Some(config.database_url.clone()),
                     };
                     let relay_task = OutboxRelay::new(store, settings, directory.outbox_wakeup());
                     relay = Some(tokio::spawn(relay_task.run(relay_stop.clone())));

@@ -221,6 +221,7 @@ impl UserStore {
             other => other.map_err(|e| self.classify(e))?,
         };
         self.append_event(&mut tx, event, traceparent).await?;
+        self.announce_change(&mut tx, &user.id).await?;
         tx.commit().await.map_err(|e| self.classify(e))
     }
 
@@ -389,9 +390,9 @@ impl UserStore {
         Ok(())
     }
 
-    /// Tells every replica's change feed that user `id` changed, when (and
-    /// only if) `tx` commits; see [`crate::change_feed`]. SQLite has no other
-    /// replica to tell.
+    /// Tells every replica's change feed (and the outbox relay) that user
+    /// `id` changed, when (and only if) `tx` commits; see
+    /// [`crate::change_feed`]. SQLite has no other replica to tell.
     async fn announce_change(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,

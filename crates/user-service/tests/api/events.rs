@@ -160,16 +160,20 @@ fn event_user(message: &lapin::message::BasicGetMessage) -> String {
 async fn one_replica_relays_a_shared_outbox_and_another_takes_over_when_it_stops() {
     // Arrange: replica A relays (its first event is out), then B joins on the
     // same PostgreSQL. Each has a data_sync queue of its own, so every event
-    // shows which replica relayed it.
-    let a = TestApp::spawn(Db::Postgres).await;
+    // shows which replica relayed it. A polls the outbox only every 60 s.
+    let a = TestApp::spawn_with(Db::Postgres, |config| {
+        config.outbox_poll_interval = Duration::from_secs(60);
+    })
+    .await;
     a.create_user("u-1", "Alice", 30).await;
     let first = a.queue.next_message(Duration::from_secs(20)).await;
     assert_eq!(first.as_ref().map(event_user).as_deref(), Some("u-1"));
     let b = a.replica(|_| {}).await;
 
-    // Act + Assert: a change made through B is relayed by A alone.
+    // Act + Assert: a change made through B is relayed by A alone, at once
+    // (B's commit notifies A; A's next poll is a minute away).
     b.create_user("u-2", "Bob", 40).await;
-    let relayed = a.queue.next_message(Duration::from_secs(20)).await;
+    let relayed = a.queue.next_message(Duration::from_secs(10)).await;
     assert_eq!(relayed.as_ref().map(event_user).as_deref(), Some("u-2"));
     assert!(
         b.queue.next_message(Duration::from_secs(2)).await.is_none(),
