@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole switchyard system as plain processes on this machine, without
-# Docker, against the local NATS, RabbitMQ and PostgreSQL.
+# Docker, against the local NATS, RabbitMQ, PostgreSQL and Redis.
 #
 #   scripts/run-local.sh up           build (release), start every service, seed the owners
 #   scripts/run-local.sh status       brokers and services: running? ready?
@@ -9,7 +9,9 @@
 #   scripts/run-local.sh down         stop the services (the brokers keep running)
 #
 # Brokers that are installed but stopped are started with the commands of
-# DESIGN.md; `down` never stops them. Logs and pid files live in .run-local/.
+# DESIGN.md; `down` never stops them. Redis (127.0.0.1:6379) is task-worker's
+# optional shared store of finished task ids: used while it answers, never
+# started here. Logs and pid files live in .run-local/.
 # Ports (all on 127.0.0.1): user-service gRPC 50051 and HTTP 8080; ops
 # (/healthz, /readyz, /metrics) 9101 sensor-publisher, 9102 alert-subscriber,
 # 9103 monitor-subscriber (+ /stats), 9104 user-service, 9105 task-producer
@@ -116,6 +118,12 @@ ensure_brokers() {
         -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
     ensure_broker "RabbitMQ" 5672 rabbitmq-server rabbitmq-server -detached
     ensure_broker "PostgreSQL" 5432 pg_ctlcluster start_postgres
+    # Optional: without it each worker remembers only its own finished tasks.
+    if port_open 127.0.0.1 6379; then
+        say "Redis answers on 127.0.0.1:6379"
+    else
+        say "Redis does not answer on 127.0.0.1:6379; task-worker runs on its own memory of finished tasks until it does"
+    fi
 }
 
 # The services' own database, so a local run never mixes with the tests'
@@ -147,6 +155,11 @@ service_env() {
             ;;
         alert-subscriber)
             echo "CONFIG_FILE=$ROOT/deploy/config/alert-rules/alert-subscriber.toml"
+            ;;
+        task-worker)
+            # Finished task ids shared between workers. Set even while Redis is
+            # down: the worker goes on without it and uses it once it answers.
+            echo "REDIS_URL=redis://127.0.0.1:6379"
             ;;
     esac
 }
@@ -239,7 +252,7 @@ cmd_down() {
     for ((index = ${#SERVICES[@]} - 1; index >= 0; index--)); do
         stop_service "${SERVICES[index]}"
     done
-    say "down (NATS, RabbitMQ and PostgreSQL keep running)"
+    say "down (NATS, RabbitMQ, PostgreSQL and Redis keep running)"
 }
 
 cmd_status() {
@@ -247,6 +260,7 @@ cmd_status() {
     printf '%-20s %s\n' "NATS" "$(port_open 127.0.0.1 4222 && echo "up 127.0.0.1:4222" || echo down)"
     printf '%-20s %s\n' "RabbitMQ" "$(port_open 127.0.0.1 5672 && echo "up 127.0.0.1:5672" || echo down)"
     printf '%-20s %s\n' "PostgreSQL" "$(port_open 127.0.0.1 5432 && echo "up 127.0.0.1:5432" || echo down)"
+    printf '%-20s %s\n' "Redis" "$(port_open 127.0.0.1 6379 && echo "up 127.0.0.1:6379" || echo "down (optional)")"
     for name in "${SERVICES[@]}"; do
         port="$(ops_port "$name")"
         if pid="$(pid_of "$name")"; then

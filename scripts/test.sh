@@ -50,6 +50,12 @@ ensure "RabbitMQ" 127.0.0.1 5672 rabbitmq-server \
   "apt-get install rabbitmq-server (user guest/guest on localhost)" \
   rabbitmq-server -detached
 
+# Redis keeps nothing on disk here, as on the machines (task-worker's shared
+# idempotency store; its tests use keys that expire).
+ensure "Redis" 127.0.0.1 6379 redis-server \
+  "apt-get install redis-server" \
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+
 start_postgres() { pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start; }
 ensure "PostgreSQL" 127.0.0.1 5432 pg_ctlcluster \
   "apt-get install postgresql (trust auth for 127.0.0.1, database 'test')" \

@@ -547,6 +547,10 @@ mod tests {
             "nats://***@a:4222,nats://b:4222"
         );
         assert_eq!(
+            redact_url("redis://:s3cret@redis:6379/0"),
+            "redis://:***@redis:6379/0"
+        );
+        assert_eq!(
             redact_url("http://127.0.0.1:50051"),
             "http://127.0.0.1:50051"
         );

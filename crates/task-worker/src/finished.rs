@@ -6,7 +6,8 @@
 //! store keeps the most recent `capacity` ids (oldest evicted first), which
 //! covers redeliveries — they arrive within seconds of the lost ack — with a
 //! fixed amount of memory. It is per process: a redelivery to *another*
-//! worker process is caught only if the work itself is idempotent, which is
+//! worker process is caught by [`crate::shared_finished`] when Redis is
+//! configured, and otherwise only if the work itself is idempotent, which is
 //! why `notify` is keyed by alert id downstream.
 
 use std::{

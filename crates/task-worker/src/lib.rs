@@ -11,7 +11,8 @@
 //!   naming the reason, the error, the attempts and the time (`processing`,
 //!   [`routing`], topology in [`task_producer::topology`]).
 //! - Idempotent: a redelivered task that was already done is acked and
-//!   skipped ([`finished`]).
+//!   skipped ([`finished`]; across the pool with `REDIS_URL`,
+//!   [`shared_finished`]).
 //! - Resilient: reconnects after a broker restart and declares the topology
 //!   again (`session`); on SIGTERM stops consuming, finishes and acks what
 //!   is in flight, closes, within `shutdown_grace_ms`.
@@ -31,6 +32,7 @@ pub mod finished;
 pub mod handler;
 pub mod notify;
 pub mod routing;
+pub mod shared_finished;
 
 mod consumer;
 mod processing;
@@ -57,6 +59,7 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("AMQP_URL", "amqp_url"),
     ("OPS_ADDR", "ops_addr"),
     ("USER_SERVICE_URL", "user_service_url"),
+    ("REDIS_URL", "redis_url"),
 ];
 
 /// Configuration of the worker (TOML keys in snake_case).
@@ -81,8 +84,16 @@ pub struct Config {
     /// Cap of one retry delay.
     #[serde(rename = "retry_max_delay_ms", with = "duration_ms")]
     pub retry_max_delay: Duration,
-    /// Finished task ids remembered for idempotency.
+    /// Finished task ids this process remembers for idempotency.
     pub finished_capacity: usize,
+    /// Redis shared by the pool for finished task ids (`REDIS_URL`); unset:
+    /// each worker remembers only its own ([`shared_finished`]).
+    pub redis_url: Option<SecretUrl>,
+    /// Prefix of the Redis keys of finished task ids.
+    pub finished_key_prefix: String,
+    /// How long Redis remembers a finished task id.
+    #[serde(rename = "finished_ttl_ms", with = "duration_ms")]
+    pub finished_ttl: Duration,
     /// Longest `sleep` task accepted.
     #[serde(rename = "max_sleep_ms", with = "duration_ms")]
     pub max_sleep: Duration,
@@ -112,6 +123,9 @@ impl Default for Config {
             retry_base_delay: DEFAULT_RETRY_BASE_DELAY,
             retry_max_delay: DEFAULT_RETRY_MAX_DELAY,
             finished_capacity: 100_000,
+            redis_url: None,
+            finished_key_prefix: "switchyard:task-finished:".to_string(),
+            finished_ttl: Duration::from_secs(24 * 3600),
             max_sleep: Duration::from_secs(600),
             shutdown_grace: Duration::from_secs(25),
             ops_addr: SocketAddr::from(([0, 0, 0, 0], 9106)),
@@ -168,6 +182,13 @@ impl Validate for Config {
                 "user_service_breaker.failure_threshold",
                 0,
                 "must be at least 1",
+            ));
+        }
+        if self.redis_url.is_some() && self.finished_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "finished_ttl_ms",
+                self.finished_ttl.as_millis(),
+                "must be at least 1000 (Redis expiries are in seconds)",
             ));
         }
         if self.finished_capacity == 0 {

@@ -31,6 +31,7 @@ use crate::{
     finished::FinishedTasks,
     handler::{HandlerError, Handlers},
     routing::{self, DeadLetter, RouteError},
+    shared_finished::SharedFinished,
 };
 
 /// What the consumer loop does after a delivery.
@@ -53,6 +54,8 @@ pub(crate) struct TaskContext {
     pub(crate) handlers: Handlers,
     /// Recently finished task ids (idempotency).
     pub(crate) finished: FinishedTasks,
+    /// The pool's finished task ids, when Redis is configured.
+    pub(crate) shared_finished: SharedFinished,
     /// Where each delivery's outcome is announced.
     pub(crate) events: broadcast::Sender<TaskEvent>,
     /// Body decoding, with the payload size limit.
@@ -206,7 +209,7 @@ async fn handle(
         outcome,
     };
 
-    if context.finished.contains(&task.id) {
+    if context.finished.contains(&task.id) || context.shared_finished.contains(&task.id).await {
         debug!("task already done, acking the redelivery");
         delivery.acker.ack(BasicAckOptions::default()).await?;
         metrics::counter!("tasks_duplicates_total").increment(1);
@@ -246,6 +249,7 @@ async fn handle(
             // Remembered before the ack: if the ack is lost with the
             // connection, the redelivery is recognised instead of redone.
             context.finished.insert(&task.id);
+            context.shared_finished.insert(&task.id).await;
             context.metrics.record(&kind, Outcome::Ok, elapsed);
             info!(task_id = %task.id, duration_ms = elapsed.as_millis() as u64, "task done");
             let _ = context.events.send(event(TaskOutcome::Done));

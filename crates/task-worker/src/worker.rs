@@ -25,6 +25,7 @@ use crate::{
     handler::{Handlers, SleepHandler, TaskHandler},
     processing::{TaskContext, TaskMetrics},
     session,
+    shared_finished::SharedFinished,
 };
 
 /// Buffered events per subscriber before the oldest are dropped.
@@ -60,6 +61,8 @@ pub struct Worker {
     contacts: ContactDirectory,
     /// Recently finished task ids.
     finished: FinishedTasks,
+    /// The pool's finished task ids (Redis), when configured.
+    shared_finished: SharedFinished,
     /// Outcome announcements.
     events: broadcast::Sender<TaskEvent>,
     /// `/readyz` checks.
@@ -93,9 +96,17 @@ impl Worker {
         let ops = OpsServer::start(config.ops_addr, readiness.clone(), routes, ops_stop.clone())
             .await
             .with_context(|| format!("cannot bind the ops address {}", config.ops_addr))?;
+        let shared_finished = match &config.redis_url {
+            Some(url) => {
+                SharedFinished::redis(url, &config.finished_key_prefix, config.finished_ttl)
+                    .with_context(|| format!("invalid redis_url {url}"))?
+            }
+            None => SharedFinished::disabled(),
+        };
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         Ok(Worker {
             finished: FinishedTasks::new(config.finished_capacity),
+            shared_finished,
             config,
             handlers,
             breaker,
@@ -143,6 +154,7 @@ impl Worker {
                 max_attempts: self.config.max_attempts,
                 handlers: self.handlers,
                 finished: self.finished,
+                shared_finished: self.shared_finished,
                 events: self.events,
                 codec: Codec::default(),
             }),

@@ -359,6 +359,77 @@ async fn a_redelivered_finished_task_is_not_done_twice() {
     worker.stop().await;
 }
 
+/// The machine's Redis (it keeps nothing on disk); `TEST_REDIS_URL` overrides.
+fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+#[tokio::test]
+async fn a_task_one_worker_finished_is_not_done_again_by_another() {
+    // Arrange: two workers, one after the other (each with a memory of its
+    // own), sharing Redis under a key prefix of this test's; keys expire.
+    let queues = TestQueues::new().await;
+    let config = task_worker::Config {
+        redis_url: Some(common::config::SecretUrl::new(redis_url())),
+        finished_key_prefix: format!("test:{}:", queues.queue),
+        finished_ttl: Duration::from_secs(60),
+        ..queues.config()
+    };
+    let once = sleep_task(1);
+    let mut first = TestWorker::start(config.clone()).await;
+    publish_all(&queues, std::slice::from_ref(&once), ContentType::Json).await;
+    let events = first
+        .collect_until(Duration::from_secs(30), |e| !e.is_empty())
+        .await;
+    assert_eq!(done_ids(&events), std::slice::from_ref(&once.id));
+    first.stop().await;
+
+    // Act: the same task arrives again, now at the other worker (as when the
+    // first one's ack was lost with its connection).
+    let mut second = TestWorker::start(config).await;
+    publish_all(&queues, std::slice::from_ref(&once), ContentType::Json).await;
+    let events = second
+        .collect_until(Duration::from_secs(30), |e| !e.is_empty())
+        .await;
+
+    // Assert
+    let outcomes: Vec<&TaskOutcome> = events.iter().map(|e| &e.outcome).collect();
+    assert_eq!(outcomes, [&TaskOutcome::Duplicate]);
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_whose_redis_is_down_keeps_working_on_its_own_memory() {
+    // Arrange: Redis at a port where nothing listens.
+    let queues = TestQueues::new().await;
+    let config = task_worker::Config {
+        redis_url: Some(common::config::SecretUrl::new(format!(
+            "redis://{}",
+            free_local_addr()
+        ))),
+        ..queues.config()
+    };
+    let mut worker = TestWorker::start(config).await;
+    let once = sleep_task(1);
+
+    // Act
+    publish_all(&queues, std::slice::from_ref(&once), ContentType::Json).await;
+    publish_all(&queues, std::slice::from_ref(&once), ContentType::Json).await;
+    let events = worker
+        .collect_until(Duration::from_secs(30), |e| e.len() == 2)
+        .await;
+
+    // Assert: done once, the redelivery still recognised.
+    let outcomes: Vec<&TaskOutcome> = events.iter().map(|e| &e.outcome).collect();
+    assert_eq!(outcomes, [&TaskOutcome::Done, &TaskOutcome::Duplicate]);
+    let metrics = http_get(worker.ops_addr, "/metrics").await;
+    assert!(
+        metrics.contains("idempotency_store_errors_total"),
+        "{metrics}"
+    );
+    worker.stop().await;
+}
+
 #[tokio::test]
 async fn a_seed_style_client_interoperates() {
     // Arrange: a worker, then the seed's client: raw lapin, durable declare,
