@@ -10,9 +10,10 @@
 //!
 //! Guarantee: **at-least-once after commit**. An event exists exactly when
 //! its change committed and is never dropped; it may be delivered twice (the
-//! process dies between the broker's confirm and the row's deletion, or two
-//! replicas relay the same table), so consumers deduplicate on `event_id`
-//! (also the AMQP `message_id`). Events of one user leave in commit order.
+//! process dies between the broker's confirm and the row's deletion, or a
+//! relay's lease lapses mid-batch while another replica takes over), so
+//! consumers deduplicate on `event_id` (also the AMQP `message_id`). Events
+//! of one user leave in commit order.
 //!
 //! One relay per database: on PostgreSQL, where replicas share the outbox,
 //! only the replica holding the [`RelayLease`] relays and the others stand

@@ -89,7 +89,8 @@ impl ReadCache {
         })
     }
 
-    fn enabled(&self) -> bool {
+    /// Whether the cache holds anything at all (capacity and TTL above 0).
+    pub fn is_enabled(&self) -> bool {
         self.settings.capacity > 0 && !self.settings.ttl.is_zero()
     }
 
@@ -103,7 +104,7 @@ impl ReadCache {
     /// The cached user, if present and fresh; otherwise a ticket to read the
     /// database with and hand to [`ReadCache::store`].
     pub fn lookup(&self, id: &str) -> Result<User, Ticket> {
-        if !self.enabled() {
+        if !self.is_enabled() {
             return Err(Ticket(0));
         }
         let mut state = self.lock();
@@ -128,7 +129,7 @@ impl ReadCache {
     /// was invalidated since the ticket was taken (the row may be older than
     /// that invalidation).
     pub fn store(&self, ticket: Ticket, user: &User) {
-        if !self.enabled() {
+        if !self.is_enabled() {
             return;
         }
         let mut state = self.lock();
@@ -152,7 +153,7 @@ impl ReadCache {
 
     /// Forgets user `id`: it changed, or may have.
     pub fn invalidate(&self, id: &str) {
-        if !self.enabled() {
+        if !self.is_enabled() {
             return;
         }
         let mut state = self.lock();

@@ -169,7 +169,7 @@ impl Application {
         tokio::select! {
             store = open_database(&config) => match store {
                 Ok(store) => {
-                    if store.backend() == Backend::Postgres {
+                    if store.backend() == Backend::Postgres && directory.cache().is_enabled() {
                         // Other replicas may write: nothing is cached until
                         // their changes can be heard.
                         directory.cache().suspend();
