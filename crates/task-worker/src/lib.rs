@@ -262,4 +262,24 @@ mod tests {
                 .contains("retry_max_delay_ms")
         );
     }
+
+    #[test]
+    fn redis_url_comes_from_the_environment_and_never_prints_its_password() {
+        let source = common::config::ConfigSource {
+            file: None,
+            env_keys: ENV_KEYS.to_vec(),
+            env: Some(
+                [(
+                    "REDIS_URL".to_string(),
+                    "redis://:s3cret@redis:6379".to_string(),
+                )]
+                .into(),
+            ),
+        };
+        let config: Config = source.load().unwrap();
+        let url = config.redis_url.as_ref().expect("REDIS_URL sets redis_url");
+        assert_eq!(url.expose(), "redis://:s3cret@redis:6379");
+        assert!(!format!("{config:?}").contains("s3cret"));
+        assert!(Config::default().redis_url.is_none(), "optional by default");
+    }
 }
