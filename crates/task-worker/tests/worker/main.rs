@@ -344,19 +344,25 @@ async fn a_redelivered_finished_task_is_not_done_twice() {
     // Arrange
     let queues = TestQueues::new().await;
     let mut worker = TestWorker::start(queues.config()).await;
-    let once = sleep_task(1);
 
     // Act: the same task (same id) arrives twice, as after a lost ack.
-    publish_all(&queues, std::slice::from_ref(&once), ContentType::Json).await;
-    publish_all(&queues, std::slice::from_ref(&once), ContentType::Json).await;
+    let outcomes = one_task_sent_twice(&queues, &mut worker).await;
+
+    // Assert
+    assert_eq!(outcomes, [TaskOutcome::Done, TaskOutcome::Duplicate]);
+    worker.stop().await;
+}
+
+/// Publishes one task twice (same id, as after a lost ack) and returns the
+/// outcomes `worker` announces for the two deliveries.
+async fn one_task_sent_twice(queues: &TestQueues, worker: &mut TestWorker) -> Vec<TaskOutcome> {
+    let once = sleep_task(1);
+    publish_all(queues, std::slice::from_ref(&once), ContentType::Json).await;
+    publish_all(queues, std::slice::from_ref(&once), ContentType::Json).await;
     let events = worker
         .collect_until(Duration::from_secs(30), |e| e.len() == 2)
         .await;
-
-    // Assert
-    let outcomes: Vec<&TaskOutcome> = events.iter().map(|e| &e.outcome).collect();
-    assert_eq!(outcomes, [&TaskOutcome::Done, &TaskOutcome::Duplicate]);
-    worker.stop().await;
+    events.into_iter().map(|e| e.outcome).collect()
 }
 
 /// The machine's Redis (it keeps nothing on disk); `TEST_REDIS_URL` overrides.
@@ -410,18 +416,12 @@ async fn a_worker_whose_redis_is_down_keeps_working_on_its_own_memory() {
         ..queues.config()
     };
     let mut worker = TestWorker::start(config).await;
-    let once = sleep_task(1);
 
     // Act
-    publish_all(&queues, std::slice::from_ref(&once), ContentType::Json).await;
-    publish_all(&queues, std::slice::from_ref(&once), ContentType::Json).await;
-    let events = worker
-        .collect_until(Duration::from_secs(30), |e| e.len() == 2)
-        .await;
+    let outcomes = one_task_sent_twice(&queues, &mut worker).await;
 
     // Assert: done once, the redelivery still recognised.
-    let outcomes: Vec<&TaskOutcome> = events.iter().map(|e| &e.outcome).collect();
-    assert_eq!(outcomes, [&TaskOutcome::Done, &TaskOutcome::Duplicate]);
+    assert_eq!(outcomes, [TaskOutcome::Done, TaskOutcome::Duplicate]);
     let metrics = http_get(worker.ops_addr, "/metrics").await;
     assert!(
         metrics.contains("idempotency_store_errors_total"),
