@@ -5,10 +5,10 @@
 //! Every create, update and delete runs `pg_notify('user_changed', <id>)`
 //! inside its transaction ([`crate::store`]); PostgreSQL delivers it to every
 //! listener when, and only if, the transaction commits. (The outbox relay
-//! listens too: a change through any replica wakes it.) Notifications are not stored:
-//! one sent while a listener's connection was down is gone. So the cache is
-//! suspended from the moment the connection is lost until a new one is
-//! listening again, and then starts from empty.
+//! listens too: a change through any replica wakes it.) Notifications are
+//! not stored: one sent while a listener's connection was down is gone. So
+//! the cache is suspended from the moment the connection is lost until a new
+//! one is listening again, and then starts from empty.
 //!
 //! A connection that dies without a word (a network partition, no FIN) is
 //! not noticed here; entries then still expire after the cache's TTL.
@@ -22,7 +22,7 @@ use common::{config::SecretUrl, retry::RetryPolicy};
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::read_cache::ReadCache;
+use crate::{read_cache::ReadCache, store::UserStore};
 
 /// The notification channel; the payload is the user id.
 pub const CHANNEL: &str = "user_changed";
@@ -30,14 +30,14 @@ pub const CHANNEL: &str = "user_changed";
 /// Listens for changes and invalidates the cache; see the module docs.
 #[derive(Debug)]
 pub struct ChangeFeed {
-    url: SecretUrl,
+    store: UserStore,
     cache: Arc<ReadCache>,
 }
 
 impl ChangeFeed {
-    /// A feed for the PostgreSQL at `url`, invalidating `cache`.
-    pub fn new(url: SecretUrl, cache: Arc<ReadCache>) -> Self {
-        ChangeFeed { url, cache }
+    /// A feed of `store`'s changes (PostgreSQL), invalidating `cache`.
+    pub fn new(store: UserStore, cache: Arc<ReadCache>) -> Self {
+        ChangeFeed { store, cache }
     }
 
     /// Listens until `stop`, reconnecting with backoff; the cache is
@@ -47,17 +47,22 @@ impl ChangeFeed {
         loop {
             self.cache.suspend();
             let listening = tokio::select! {
-                listening = self.listen() => listening,
+                listening = self.store.listen_for_changes() => listening,
                 () = stop.cancelled() => return,
             };
             match listening {
-                Ok(listener) => {
+                // SQLite: nothing to hear, and nobody else writes.
+                Ok(None) => {
+                    self.cache.resume();
+                    return;
+                }
+                Ok(Some(listener)) => {
                     // Anything cached before now may predate a change that
                     // was never heard: start from empty.
                     self.cache.resume();
                     tracing::info!(channel = CHANNEL, "read cache following changes");
                     backoff = RetryPolicy::reconnect().backoff();
-                    if self.follow(listener, &stop).await.is_stopped() {
+                    if let Followed::Stopped = self.follow(listener, &stop).await {
                         return;
                     }
                 }
@@ -74,10 +79,6 @@ impl ChangeFeed {
         }
     }
 
-    async fn listen(&self) -> Result<PgListener, sqlx::Error> {
-        listen_for_changes(&self.url).await
-    }
-
     /// Invalidates on every notification until the connection is lost or
     /// `stop` fires.
     async fn follow(&self, mut listener: PgListener, stop: &CancellationToken) -> Followed {
@@ -86,20 +87,18 @@ impl ChangeFeed {
                 next = listener.try_recv() => next,
                 () = stop.cancelled() => return Followed::Stopped,
             };
-            match next {
-                Ok(Some(notification)) => self.cache.invalidate(notification.payload()),
+            let error = match next {
+                Ok(Some(notification)) => {
+                    self.cache.invalidate(notification.payload());
+                    continue;
+                }
                 // The connection dropped: whatever was sent meanwhile is lost.
-                Ok(None) => {
-                    metrics::counter!("user_cache_feed_errors_total").increment(1);
-                    tracing::warn!("user change feed lost its connection; read cache suspended");
-                    return Followed::Lost;
-                }
-                Err(error) => {
-                    metrics::counter!("user_cache_feed_errors_total").increment(1);
-                    tracing::warn!(%error, "user change feed failed; read cache suspended");
-                    return Followed::Lost;
-                }
-            }
+                Ok(None) => "connection lost".to_string(),
+                Err(error) => error.to_string(),
+            };
+            metrics::counter!("user_cache_feed_errors_total").increment(1);
+            tracing::warn!(error, "user change feed interrupted; read cache suspended");
+            return Followed::Lost;
         }
     }
 }
@@ -109,20 +108,15 @@ impl ChangeFeed {
 /// once: it does not reconnect inside `try_recv` (which would wait out its
 /// pool's 30 s acquire timeout while the database is down); the caller
 /// decides.
-pub async fn listen_for_changes(url: &SecretUrl) -> Result<PgListener, sqlx::Error> {
+pub async fn listen(url: &SecretUrl) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect(url.expose()).await?;
     listener.eager_reconnect(false);
     listener.listen(CHANNEL).await?;
     Ok(listener)
 }
 
+/// How following the feed ended.
 enum Followed {
     Lost,
     Stopped,
-}
-
-impl Followed {
-    fn is_stopped(&self) -> bool {
-        matches!(self, Followed::Stopped)
-    }
 }

@@ -37,12 +37,6 @@ pub struct UserDirectory {
     outbox_wakeup: Arc<Notify>,
 }
 
-impl Default for UserDirectory {
-    fn default() -> Self {
-        UserDirectory::new(ReadCache::disabled())
-    }
-}
-
 impl UserDirectory {
     /// A directory without a database yet, reading through `cache`.
     pub fn new(cache: ReadCache) -> Self {

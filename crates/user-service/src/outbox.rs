@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     error::UserError,
-    store::{Backend, PendingEvent, RelayLease, UserStore},
+    store::{PendingEvent, RelayLease, UserStore},
 };
 
 /// How long one batch may wait for the broker's confirms before the link
@@ -77,9 +77,6 @@ pub struct RelaySettings {
     pub poll_interval: Duration,
     /// Events per database read.
     pub batch_size: u32,
-    /// The database, for the change notifications that wake the relay
-    /// (PostgreSQL; `None` or SQLite: this process's commits wake it).
-    pub change_feed_url: Option<SecretUrl>,
 }
 
 /// The relay task's state.
@@ -184,20 +181,17 @@ impl OutboxRelay {
         }
     }
 
-    /// Notifications of commits through other replicas, when there can be
-    /// any; without them the relay still polls.
+    /// Notifications of commits through other replicas (PostgreSQL); without
+    /// them the relay still polls.
     async fn listen_for_changes(&self) -> Option<PgListener> {
-        let url = self.settings.change_feed_url.as_ref()?;
-        if self.store.backend() != Backend::Postgres {
-            return None;
-        }
-        match crate::change_feed::listen_for_changes(url).await {
-            Ok(listener) => Some(listener),
-            Err(error) => {
+        self.store
+            .listen_for_changes()
+            .await
+            .inspect_err(|error| {
                 tracing::warn!(error = %error, "cannot listen for changes; the outbox relay polls");
-                None
-            }
-        }
+            })
+            .ok()
+            .flatten()
     }
 
     async fn connect(&self) -> Result<AmqpLink, lapin::Error> {

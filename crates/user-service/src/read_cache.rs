@@ -81,14 +81,6 @@ impl ReadCache {
         }
     }
 
-    /// A cache that never holds anything.
-    pub fn disabled() -> Self {
-        ReadCache::new(CacheSettings {
-            capacity: 0,
-            ttl: Duration::ZERO,
-        })
-    }
-
     /// Whether the cache holds anything at all (capacity and TTL above 0).
     pub fn is_enabled(&self) -> bool {
         self.settings.capacity > 0 && !self.settings.ttl.is_zero()

@@ -173,7 +173,7 @@ impl Application {
                         // Other replicas may write: nothing is cached until
                         // their changes can be heard.
                         directory.cache().suspend();
-                        let feed = ChangeFeed::new(config.database_url.clone(), directory.cache());
+                        let feed = ChangeFeed::new(store.clone(), directory.cache());
                         change_feed = Some(tokio::spawn(feed.run(relay_stop.clone())));
                     }
                     directory.attach(store.clone());
@@ -185,7 +185,6 @@ impl Application {
                         queue: config.data_sync_queue.clone(),
                         poll_interval: config.outbox_poll_interval,
                         batch_size: config.outbox_batch_size,
-                        change_feed_url: Some(config.database_url.clone()),
                     };
                     let relay_task = OutboxRelay::new(store, settings, directory.outbox_wakeup());
                     relay = Some(tokio::spawn(relay_task.run(relay_stop.clone())));

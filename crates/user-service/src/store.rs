@@ -21,6 +21,7 @@ use sqlx::{
     AnyPool, Row,
     any::{AnyPoolOptions, AnyRow},
     migrate::Migrator,
+    postgres::PgListener,
 };
 
 use crate::{
@@ -138,6 +139,8 @@ impl RelayLease {
 pub struct UserStore {
     pool: AnyPool,
     backend: Backend,
+    /// For connections outside the pool (change notifications).
+    url: SecretUrl,
 }
 
 impl UserStore {
@@ -161,7 +164,11 @@ impl UserStore {
             .connect(&connect_url)
             .await
             .map_err(StoreError::Connect)?;
-        Ok(UserStore { pool, backend })
+        Ok(UserStore {
+            pool,
+            backend,
+            url: url.clone(),
+        })
     }
 
     /// Brings the schema up to date (idempotent; PostgreSQL serializes
@@ -178,6 +185,16 @@ impl UserStore {
     /// The database behind this store.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// A connection of its own listening for committed changes (see
+    /// [`crate::change_feed`]); `None` on SQLite, where only this process
+    /// writes.
+    pub async fn listen_for_changes(&self) -> Result<Option<PgListener>, sqlx::Error> {
+        if self.backend != Backend::Postgres {
+            return Ok(None);
+        }
+        crate::change_feed::listen(&self.url).await.map(Some)
     }
 
     /// Closes every connection; later queries fail as unavailable.
