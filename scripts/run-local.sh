@@ -9,7 +9,7 @@
 #   scripts/run-local.sh down         stop the services (the brokers keep running)
 #
 # Brokers that are installed but stopped are started with the commands of
-# DESIGN.md; `down` never stops them. Redis (127.0.0.1:6379) is task-worker's
+# docs/ARCHITECTURE.md; `down` never stops them. Redis (127.0.0.1:6379) is task-worker's
 # optional shared store of finished task ids: used while it answers, never
 # started here. Logs and pid files live in .run-local/.
 # Ports (all on 127.0.0.1): user-service gRPC 50051 and HTTP 8080; ops
@@ -27,6 +27,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 
 RUN_DIR="$ROOT/.run-local"
 # release (default) or debug: which build to run.
@@ -38,7 +40,7 @@ esac
 BIN_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE"
 DATABASE="${RUN_LOCAL_DATABASE:-switchyard_local}"
 
-# Start order: user-service first (the workers and the seed need it), the
+# Start order: user-service first (the workers and the owner seeding need it), the
 # consumers before the producer so the first readings are seen.
 # task-producer is a one-shot job, not a service: `scripts/run-local.sh load
 # [FLAGS]` runs it against the running system.
@@ -56,10 +58,14 @@ ops_port() {
     esac
 }
 
-say() { printf '==> %s\n' "$*"; }
-die() { printf 'run-local: %s\n' "$*" >&2; exit 1; }
-
-port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+# service_ports NAME: every port NAME listens on (127.0.0.1), ops port first.
+service_ports() {
+    ops_port "$1"
+    if [[ "$1" == user-service ]]; then
+        echo 50051
+        echo 8080
+    fi
+}
 
 # http_ok PORT PATH: true when GET http://127.0.0.1:PORT/PATH answers 200.
 http_ok() {
@@ -83,42 +89,12 @@ pid_of() {
 }
 
 # ---------------------------------------------------------------- brokers
-wait_port() {
-    local name="$1" port="$2"
-    for _ in $(seq 90); do
-        port_open 127.0.0.1 "$port" && return 0
-        sleep 1
-    done
-    die "$name did not start listening on 127.0.0.1:$port within 90 s"
-}
-
-start_postgres() {
-    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
-}
-
-# ensure_broker NAME PORT BINARY START_COMMAND...: starts a stopped, installed
-# broker; never touches one that runs.
-ensure_broker() {
-    local name="$1" port="$2" binary="$3"
-    shift 3
-    if port_open 127.0.0.1 "$port"; then
-        say "$name answers on 127.0.0.1:$port"
-        return 0
-    fi
-    command -v "$binary" >/dev/null 2>&1 || [[ -x "$binary" ]] ||
-        die "$name is not running on 127.0.0.1:$port and $binary is not installed"
-    say "$name is stopped; starting it: $*"
-    "$@"
-    wait_port "$name" "$port"
-}
-
 ensure_brokers() {
-    ensure_broker "NATS (JetStream)" 4222 /usr/sbin/nats-server \
-        start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- \
-        -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
-    ensure_broker "RabbitMQ" 5672 rabbitmq-server rabbitmq-server -detached
-    ensure_broker "PostgreSQL" 5432 pg_ctlcluster start_postgres
-    # Optional: without it each worker remembers only its own finished tasks.
+    ensure_nats
+    ensure_rabbitmq
+    ensure_postgres
+    # Optional, never started here: without it each worker remembers only its
+    # own finished tasks.
     if port_open 127.0.0.1 6379; then
         say "Redis answers on 127.0.0.1:6379"
     else
@@ -164,6 +140,27 @@ service_env() {
     esac
 }
 
+# alive PID: true while PID runs (a zombie, exited but not yet reaped, does not).
+alive() {
+    local state
+    kill -0 "$1" 2>/dev/null || return 1
+    state="$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -c1)"
+    [[ "$state" != Z ]]
+}
+
+# ensure_ports_free NAME: dies naming the port when something already listens
+# on one of NAME's ports (another program, or a copy of NAME started by hand),
+# since NAME would fail to bind it.
+ensure_ports_free() {
+    local name="$1" port holder
+    for port in $(service_ports "$name"); do
+        if port_open 127.0.0.1 "$port"; then
+            holder="$(port_holder "$port")"
+            die "cannot start $name: port $port (127.0.0.1:$port) is already taken${holder:+ by $holder}; stop that process or free the port first"
+        fi
+    done
+}
+
 start_service() {
     local name="$1" pid
     if pid="$(pid_of "$name")"; then
@@ -171,29 +168,58 @@ start_service() {
         return 0
     fi
     [[ -x "$BIN_DIR/$name" ]] || die "$BIN_DIR/$name is missing: did the build succeed?"
+    ensure_ports_free "$name"
     local env_args=()
     mapfile -t env_args < <(service_env "$name")
     # setsid: the service outlives this shell and gets its own process group,
-    # so `down` can signal exactly it.
+    # so `down` can signal exactly it. (This shell is no process group leader,
+    # so setsid does not fork: $! is the service's own pid.)
     env "${env_args[@]}" setsid "$BIN_DIR/$name" >>"$RUN_DIR/$name.log" 2>&1 </dev/null &
     echo $! >"$RUN_DIR/$name.pid"
     say "$name started (pid $!, log .run-local/$name.log)"
 }
 
+# show_log NAME: the last lines of NAME's log, on stderr.
+show_log() {
+    echo "--- last lines of .run-local/$1.log:" >&2
+    tail -n 20 "$RUN_DIR/$1.log" >&2 || true
+}
+
+# wait_ready NAME: waits until the process started for NAME answers 200 on
+# /readyz of its ops port, and holds every port of NAME itself. Dies naming
+# the service and the port when that process exits, or when another process
+# answers on one of its ports.
 wait_ready() {
-    local name="$1" port
-    port="$(ops_port "$name")"
+    local name="$1" pid port ops holder ports=()
+    pid="$(cat "$RUN_DIR/$name.pid" 2>/dev/null)" || die "$name was not started (no .run-local/$name.pid)"
+    mapfile -t ports < <(service_ports "$name")
+    ops="${ports[0]}"
     for _ in $(seq 60); do
-        if http_ok "$port" /readyz; then
-            say "$name ready (http://127.0.0.1:$port/readyz)"
+        if ! alive "$pid"; then
+            show_log "$name"
+            for port in "${ports[@]}"; do
+                if port_open 127.0.0.1 "$port"; then
+                    holder="$(port_holder "$port")"
+                    die "$name (pid $pid) exited: port $port (127.0.0.1:$port) is taken${holder:+ by $holder}; free it and run up again"
+                fi
+            done
+            die "$name (pid $pid, ops port $ops) exited before it was ready (log above; scripts/run-local.sh down stops the rest)"
+        fi
+        if http_ok "$ops" /readyz; then
+            for port in "${ports[@]}"; do
+                if ! pid_listens_on "$pid" "$port"; then
+                    holder="$(port_holder "$port")"
+                    show_log "$name"
+                    die "$name (pid $pid) does not hold its port $port: 127.0.0.1:$port is answered by another process${holder:+, $holder}"
+                fi
+            done
+            say "$name ready (pid $pid, http://127.0.0.1:$ops/readyz)"
             return 0
         fi
-        pid_of "$name" >/dev/null || break
         sleep 1
     done
-    echo "--- last lines of .run-local/$name.log:" >&2
-    tail -n 20 "$RUN_DIR/$name.log" >&2 || true
-    die "$name did not become ready within 60 s (see above; scripts/run-local.sh down stops the rest)"
+    show_log "$name"
+    die "$name (pid $pid, ops port $ops) did not become ready within 60 s (see above; scripts/run-local.sh down stops the rest)"
 }
 
 seed_owners() {
@@ -227,6 +253,11 @@ cmd_up() {
     mkdir -p "$RUN_DIR"
     ensure_brokers
     ensure_database
+    # Before the build: a port another process holds fails now, not minutes later.
+    local name
+    for name in "${SERVICES[@]}"; do
+        pid_of "$name" >/dev/null || ensure_ports_free "$name"
+    done
     if [[ "${RUN_LOCAL_BUILD:-1}" == 1 ]]; then
         local build_args=(build --bins)
         [[ "$PROFILE" == release ]] && build_args+=(--release)
@@ -236,7 +267,6 @@ cmd_up() {
     start_service user-service
     wait_ready user-service
     seed_owners
-    local name
     for name in "${SERVICES[@]:1}"; do
         start_service "$name"
     done
@@ -256,7 +286,7 @@ cmd_down() {
 }
 
 cmd_status() {
-    local name port pid state
+    local name port pid state holder
     printf '%-20s %s\n' "NATS" "$(port_open 127.0.0.1 4222 && echo "up 127.0.0.1:4222" || echo down)"
     printf '%-20s %s\n' "RabbitMQ" "$(port_open 127.0.0.1 5672 && echo "up 127.0.0.1:5672" || echo down)"
     printf '%-20s %s\n' "PostgreSQL" "$(port_open 127.0.0.1 5432 && echo "up 127.0.0.1:5432" || echo down)"
@@ -264,8 +294,18 @@ cmd_status() {
     for name in "${SERVICES[@]}"; do
         port="$(ops_port "$name")"
         if pid="$(pid_of "$name")"; then
-            if http_ok "$port" /readyz; then state="ready"; else state="not ready"; fi
+            if ! http_ok "$port" /readyz; then
+                state="not ready"
+            elif pid_listens_on "$pid" "$port"; then
+                state="ready"
+            else
+                holder="$(port_holder "$port")"
+                state="NOT ready: port $port is answered by another process${holder:+, $holder}"
+            fi
             printf '%-20s running (pid %s), %s, ops http://127.0.0.1:%s\n' "$name" "$pid" "$state" "$port"
+        elif port_open 127.0.0.1 "$port"; then
+            holder="$(port_holder "$port")"
+            printf '%-20s stopped; its port %s is taken by another process%s\n' "$name" "$port" "${holder:+, $holder}"
         else
             printf '%-20s stopped\n' "$name"
         fi

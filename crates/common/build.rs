@@ -24,7 +24,7 @@ fn main() -> io::Result<()> {
     )?;
 
     tonic_prost_build::configure()
-        // JSON shares the Protobuf field names (snake_case, as DESIGN.md says).
+        // JSON shares the Protobuf field names (snake_case, as docs/ARCHITECTURE.md says).
         .type_attribute(
             "sensor.v1.SensorReading",
             "#[derive(serde::Serialize, serde::Deserialize)] #[serde(deny_unknown_fields)]",

@@ -6,11 +6,9 @@
 //! raises an alert with the same id, and the task carries it as its id, so
 //! the idempotent worker notifies once.
 
-use common::{
-    proto::sensor::v1::{Alert, SensorReading, Severity},
-    task::{KIND_NOTIFY, Task},
-};
+use common::proto::sensor::v1::{Alert, SensorReading, Severity};
 use serde_json::{Map, Value, json};
+use workqueue::task::{KIND_NOTIFY, Task};
 
 /// The alert raised by `reading`.
 pub fn alert_for(reading: &SensorReading, severity: Severity, threshold: f64) -> Alert {

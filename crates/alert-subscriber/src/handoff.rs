@@ -20,10 +20,15 @@ use std::{
     time::Duration,
 };
 
-use common::{retry::RetryPolicy, task::Task};
-use task_producer::publisher::{PublishError, TaskPublisher};
+use common::{retry::RetryPolicy, shutdown::Shutdown};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::Instrument as _;
+use workqueue::{
+    publisher::{PublishError, TaskPublisher},
+    task::Task,
+};
+
+use crate::metrics::{ALERT_HANDOFF_RETRIES, ALERTS_ABANDONED, ALERTS_PENDING_HANDOFF};
 
 /// Counters of the hand-off, shared with the service's summary and tests.
 #[derive(Debug, Default)]
@@ -72,17 +77,22 @@ impl std::fmt::Debug for Job {
 }
 
 impl AlertHandoff {
-    /// Starts the delivery task. `capacity` alerts may wait in the buffer;
-    /// the delivery task ends once every handle is dropped and the buffer is
-    /// empty (the returned handle completes then).
+    /// Starts the delivery task on `work`. `capacity` alerts may wait in the
+    /// buffer.
+    ///
+    /// The delivery task does not watch `work`'s signal: it ends once every
+    /// handle is dropped and the buffer is empty, so alerts queued before a
+    /// shutdown are still delivered. `work.drain(grace)` waits for that, and
+    /// aborts the deliveries still retrying when the grace period is over.
     pub fn start(
         publisher: TaskPublisher,
         capacity: usize,
         counts: Arc<HandoffCounts>,
-    ) -> (Self, tokio::task::JoinHandle<()>) {
+        work: &Shutdown,
+    ) -> Self {
         let (jobs, receiver) = mpsc::channel(capacity.max(1));
-        let worker = tokio::spawn(deliver_all(publisher, receiver, counts.clone()));
-        (AlertHandoff { jobs, counts }, worker)
+        work.spawn(deliver_all(publisher, receiver, counts.clone()));
+        AlertHandoff { jobs, counts }
     }
 
     /// Queues the task of an alert; waits while the buffer is full. The
@@ -96,7 +106,7 @@ impl AlertHandoff {
             (None, None)
         };
         self.counts.pending.fetch_add(1, Ordering::Relaxed);
-        metrics::gauge!("alerts_pending_handoff").increment(1.0);
+        metrics::gauge!(ALERTS_PENDING_HANDOFF).increment(1.0);
         let job = Job {
             task,
             done,
@@ -105,7 +115,7 @@ impl AlertHandoff {
         if let Err(error) = self.jobs.send(job).await {
             // Only after the delivery task ended, i.e. never while running.
             self.counts.pending.fetch_sub(1, Ordering::Relaxed);
-            metrics::gauge!("alerts_pending_handoff").decrement(1.0);
+            metrics::gauge!(ALERTS_PENDING_HANDOFF).decrement(1.0);
             tracing::error!(task_id = %error.0.task.id, "alert hand-off closed, alert not queued");
             return None;
         }
@@ -155,7 +165,7 @@ async fn deliver(publisher: &TaskPublisher, job: Job, counts: &HandoffCounts) {
             Ok(()) => {
                 counts.confirmed.fetch_add(1, Ordering::Relaxed);
                 counts.pending.fetch_sub(1, Ordering::Relaxed);
-                metrics::gauge!("alerts_pending_handoff").decrement(1.0);
+                metrics::gauge!(ALERTS_PENDING_HANDOFF).decrement(1.0);
                 if let Some(done) = done {
                     let _ = done.send(());
                 }
@@ -169,7 +179,7 @@ async fn deliver(publisher: &TaskPublisher, job: Job, counts: &HandoffCounts) {
             Err(error) => {
                 let delay = delays.next().unwrap_or(policy.max_delay);
                 counts.retries.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("alert_handoff_retries_total").increment(1);
+                metrics::counter!(ALERT_HANDOFF_RETRIES).increment(1);
                 tracing::warn!(
                     task_id = %task.id,
                     %error,
@@ -185,6 +195,6 @@ async fn deliver(publisher: &TaskPublisher, job: Job, counts: &HandoffCounts) {
 fn abandon(counts: &HandoffCounts, reason: &'static str) {
     counts.pending.fetch_sub(1, Ordering::Relaxed);
     counts.abandoned.fetch_add(1, Ordering::Relaxed);
-    metrics::gauge!("alerts_pending_handoff").decrement(1.0);
-    metrics::counter!("alerts_abandoned_total", "reason" => reason).increment(1);
+    metrics::gauge!(ALERTS_PENDING_HANDOFF).decrement(1.0);
+    metrics::counter!(ALERTS_ABANDONED, "reason" => reason).increment(1);
 }

@@ -11,12 +11,15 @@
 //!   confirmed by RabbitMQ; at most `max_in_flight` readings wait for that at
 //!   once; while an alert waits for RabbitMQ its reading's ack deadline is
 //!   extended (`+WPI`), so it is not redelivered meanwhile. A crash loses
-//!   nothing: unacked readings are delivered again after `ack_wait_ms`, and
-//!   the repeated alert carries the same id.
+//!   nothing: unacked readings are delivered again after `ack_wait`, and
+//!   the repeated alert carries the same id. The pull consumer is set up
+//!   again through [`common::reconnect::keep_connected`] whenever its
+//!   stream of messages ends (consumer deleted, stream gone, server restart).
 //!
 //! On shutdown both stop taking readings: core drains its subscriptions
 //! (buffered readings are still evaluated), JetStream stops pulling and
-//! waits for the pending acks.
+//! waits for the pending acks — both within `shutdown_grace`, through a
+//! [`Shutdown::scope`] that aborts what is left after it.
 
 use std::{sync::Arc, time::Duration};
 
@@ -25,9 +28,12 @@ use async_nats::jetstream::{
     self, AckKind,
     consumer::{AckPolicy, DeliverPolicy, pull},
 };
-use common::{retry::RetryPolicy, shutdown::Shutdown};
+use common::{
+    reconnect::{Session, keep_connected},
+    shutdown::{Drained, Shutdown},
+};
 use futures::StreamExt;
-use tokio::{sync::Semaphore, task::JoinSet};
+use tokio::sync::{Mutex, Semaphore};
 
 use crate::{
     Config,
@@ -127,8 +133,9 @@ async fn run_core(
             tracing::warn!(%error, "cannot drain a subscription");
         }
     }
-    let drain = async {
-        let mut both = futures::stream::select(&mut readings, &mut bare);
+    let buffered = shutdown.scope();
+    buffered.spawn(async move {
+        let mut both = futures::stream::select(readings, bare);
         while let Some(message) = both.next().await {
             processor
                 .process(
@@ -139,15 +146,13 @@ async fn run_core(
                 )
                 .await;
         }
-    };
-    if tokio::time::timeout(config.drain_grace_ms, drain)
-        .await
-        .is_err()
-    {
+    });
+    if let Drained::TimedOut(_) = buffered.drain(config.shutdown_grace).await {
         tracing::warn!("grace period over, buffered readings not evaluated");
     }
 }
 
+/// The durable consumer, created if missing (and the stream with it).
 async fn consumer(
     js: &jetstream::Context,
     config: &Config,
@@ -162,7 +167,7 @@ async fn consumer(
                 description: Some("alert-subscriber: evaluates every reading".into()),
                 deliver_policy: DeliverPolicy::All,
                 ack_policy: AckPolicy::Explicit,
-                ack_wait: config.ack_wait_ms,
+                ack_wait: config.ack_wait,
                 max_ack_pending: (config.max_in_flight * 4) as i64,
                 ..Default::default()
             },
@@ -171,133 +176,155 @@ async fn consumer(
     Ok(consumer)
 }
 
+/// The consumer's messages, pulled in batches of `max_in_flight`.
+async fn pull_readings(
+    js: &jetstream::Context,
+    config: &Config,
+) -> Result<pull::Stream, async_nats::Error> {
+    let messages = consumer(js, config)
+        .await?
+        .stream()
+        .max_messages_per_batch(config.max_in_flight)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await?;
+    Ok(messages)
+}
+
 async fn run_jetstream(
     client: async_nats::Client,
-    mut processor: ReadingProcessor,
+    processor: ReadingProcessor,
     config: &Config,
     shutdown: &Shutdown,
 ) {
     let js = jetstream::new(client);
     let in_flight = Arc::new(Semaphore::new(config.max_in_flight));
-    let mut acks: JoinSet<()> = JoinSet::new();
-    let mut delays = RetryPolicy::reconnect().backoff();
-    'pull: loop {
-        let messages = match consumer(&js, config).await {
-            Ok(consumer) => {
-                consumer
-                    .stream()
-                    .max_messages_per_batch(config.max_in_flight)
-                    .heartbeat(Duration::from_secs(5))
-                    .expires(Duration::from_secs(30))
-                    .messages()
-                    .await
-            }
-            Err(error) => Err(async_nats::jetstream::consumer::StreamError::with_source(
-                async_nats::jetstream::consumer::StreamErrorKind::Other,
-                error,
-            )),
+    // Readings waiting for their alert's task to be confirmed before they
+    // are acked. They outlive a pull session: the acks go over the same
+    // client connection, whichever consumer stream delivered the reading.
+    let acks = shutdown.scope();
+    // One session at a time uses the processor; the lock only lends it from
+    // one session to the next.
+    let processor = Mutex::new(processor);
+    let target = format!("{}/{}", config.stream, config.durable_name);
+    // The session closure runs again after a lost session: it lends these out.
+    let (js, in_flight, acks, processor) = (&js, &in_flight, &acks, &processor);
+    keep_connected(
+        "readings consumer",
+        &target,
+        &shutdown.token(),
+        move || async move {
+            let mut processor = processor.lock().await;
+            pull_session(js, config, &mut processor, in_flight, acks, shutdown).await
+        },
+    )
+    .await;
+    // Stop pulling; readings already pulled but not processed are redelivered.
+    if let Drained::TimedOut(left) = acks.drain(config.shutdown_grace).await {
+        tracing::warn!(
+            left,
+            "grace period over, readings left unacked for redelivery"
+        );
+    }
+}
+
+/// One pull session: sets the consumer up, then evaluates readings until
+/// the signal fires ([`Session::Finished`]) or the consumer's stream ends
+/// ([`Session::Lost`]); `Err` when the consumer cannot be set up.
+async fn pull_session(
+    js: &jetstream::Context,
+    config: &Config,
+    processor: &mut ReadingProcessor,
+    in_flight: &Arc<Semaphore>,
+    acks: &Shutdown,
+    shutdown: &Shutdown,
+) -> Result<Session, async_nats::Error> {
+    let mut messages = pull_readings(js, config).await?;
+    tracing::info!(
+        stream = config.stream,
+        consumer = config.durable_name,
+        "pulling readings"
+    );
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Ok(Session::Finished),
+            next = messages.next() => next,
         };
-        let mut messages = match messages {
-            Ok(messages) => {
-                delays = RetryPolicy::reconnect().backoff();
-                tracing::info!(
-                    stream = config.stream,
-                    consumer = config.durable_name,
-                    "pulling readings"
-                );
-                messages
-            }
-            Err(error) => {
-                let delay = delays.next().unwrap_or(Duration::from_secs(10));
-                tracing::warn!(%error, delay_ms = delay.as_millis() as u64, "cannot pull from the readings stream, retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => break 'pull,
-                    () = tokio::time::sleep(delay) => continue 'pull,
+        let message = match next {
+            Some(Ok(message)) => message,
+            Some(Err(error)) => {
+                if matches!(
+                    error.kind(),
+                    pull::MessagesErrorKind::ConsumerDeleted
+                        | pull::MessagesErrorKind::RequestLimitExceeded
+                ) {
+                    return Ok(Session::Lost(error.to_string()));
                 }
+                tracing::warn!(%error, "pull consumer error");
+                continue;
             }
+            None => return Ok(Session::Lost("the pull stream ended".into())),
         };
-        loop {
-            let next = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break 'pull,
-                next = messages.next() => next,
-            };
-            let message = match next {
-                Some(Ok(message)) => message,
-                Some(Err(error)) => {
-                    tracing::warn!(%error, "pull consumer error");
-                    if matches!(
-                        error.kind(),
-                        pull::MessagesErrorKind::ConsumerDeleted
-                            | pull::MessagesErrorKind::RequestLimitExceeded
-                    ) {
-                        continue 'pull;
-                    }
-                    continue;
-                }
-                None => continue 'pull,
-            };
-            while acks.try_join_next().is_some() {}
-            let permit = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => break 'pull,
-                permit = in_flight.clone().acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break 'pull,
-                },
-            };
-            let outcome = processor
-                .process(
-                    &message.subject,
-                    &message.payload,
-                    message.headers.as_ref(),
-                    true,
-                )
-                .await;
-            match outcome {
-                // A payload that does not decode never will: do not redeliver it.
-                Outcome::Rejected => acknowledge(&message, AckKind::Term).await,
-                Outcome::Done | Outcome::Alerted(None) => acknowledge(&message, AckKind::Ack).await,
-                Outcome::Alerted(Some(delivered)) => {
-                    let ack_wait = config.ack_wait_ms;
-                    acks.spawn(async move {
-                        let confirmed = delivered.confirmed();
-                        tokio::pin!(confirmed);
-                        // While RabbitMQ takes its time, tell the server the
-                        // reading is still being worked on: a redelivery now
-                        // would be acked as a duplicate before its alert is safe.
-                        let mut progress = tokio::time::interval(ack_wait / 2);
-                        progress.tick().await;
-                        loop {
-                            tokio::select! {
-                                confirmed = &mut confirmed => {
-                                    if confirmed {
-                                        acknowledge(&message, AckKind::Ack).await;
-                                    }
-                                    // Not confirmed: left unacked, delivered again later.
-                                    break;
-                                }
-                                _ = progress.tick() => acknowledge(&message, AckKind::Progress).await,
-                            }
-                        }
-                        drop(permit);
-                    });
-                }
+        let permit = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return Ok(Session::Finished),
+            permit = in_flight.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return Ok(Session::Finished),
+            },
+        };
+        let outcome = processor
+            .process(
+                &message.subject,
+                &message.payload,
+                message.headers.as_ref(),
+                true,
+            )
+            .await;
+        match outcome {
+            // A payload that does not decode never will: do not redeliver it.
+            Outcome::Rejected => acknowledge(&message, AckKind::Term).await,
+            Outcome::Done | Outcome::Alerted(None) => acknowledge(&message, AckKind::Ack).await,
+            Outcome::Alerted(Some(delivered)) => {
+                acks.spawn(ack_once_confirmed(
+                    message,
+                    delivered,
+                    config.ack_wait,
+                    permit,
+                ));
             }
         }
     }
-    // Stop pulling; readings already pulled but not processed are redelivered.
-    let pending = async { while acks.join_next().await.is_some() {} };
-    if tokio::time::timeout(config.drain_grace_ms, pending)
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            left = acks.len(),
-            "grace period over, readings left unacked for redelivery"
-        );
-        acks.abort_all();
+}
+
+/// Acks `message` once its alert's task is confirmed; until then tells the
+/// server every half `ack_wait` that it is still being worked on, so it is
+/// not redelivered meanwhile (a redelivery would be acked as a duplicate
+/// before its alert is safe). Not confirmed: left unacked, delivered again.
+async fn ack_once_confirmed(
+    message: jetstream::Message,
+    delivered: crate::handoff::Delivered,
+    ack_wait: Duration,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let confirmed = delivered.confirmed();
+    tokio::pin!(confirmed);
+    let mut progress = tokio::time::interval(ack_wait / 2);
+    progress.tick().await;
+    loop {
+        tokio::select! {
+            confirmed = &mut confirmed => {
+                if confirmed {
+                    acknowledge(&message, AckKind::Ack).await;
+                }
+                break;
+            }
+            _ = progress.tick() => acknowledge(&message, AckKind::Progress).await,
+        }
     }
+    drop(permit);
 }
 
 async fn acknowledge(message: &jetstream::Message, kind: AckKind) {

@@ -15,6 +15,7 @@ use std::sync::{
 use async_nats::HeaderMap;
 use common::{
     codec::{CONTENT_TYPE_HEADER, Codec, ContentType},
+    metrics::{MESSAGES_PUBLISHED, MESSAGES_RECEIVED, MESSAGES_REJECTED},
     propagation,
     proto::sensor::v1::{SensorReading, Severity},
 };
@@ -24,6 +25,7 @@ use tracing::Instrument as _;
 use crate::{
     alert::{alert_for, notify_task, severity_name},
     handoff::{AlertHandoff, Delivered},
+    metrics::{ALERTS_RAISED, ALERTS_UNOWNED, READINGS_DUPLICATE},
     rules::{AlertEngine, Rules, Verdict},
 };
 
@@ -98,7 +100,7 @@ impl ReadingProcessor {
             handoff,
             output,
             counts,
-            received_metric: metrics::counter!("messages_received_total", "subject" => received_subject),
+            received_metric: metrics::counter!(MESSAGES_RECEIVED, "subject" => received_subject),
         }
     }
 
@@ -118,8 +120,7 @@ impl ReadingProcessor {
             Ok(reading) => reading,
             Err(error) => {
                 self.counts.rejected.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("messages_rejected_total", "reason" => error.reason())
-                    .increment(1);
+                metrics::counter!(MESSAGES_REJECTED, "reason" => error.reason()).increment(1);
                 tracing::warn!(subject, reason = error.reason(), %error, "reading rejected");
                 return Outcome::Rejected;
             }
@@ -138,7 +139,7 @@ impl ReadingProcessor {
             Verdict::NoRule => Outcome::Done,
             Verdict::Duplicate => {
                 self.counts.duplicates.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("readings_duplicate_total").increment(1);
+                metrics::counter!(READINGS_DUPLICATE).increment(1);
                 tracing::debug!(
                     sensor_id = reading.sensor_id,
                     seq = reading.seq,
@@ -182,8 +183,7 @@ impl ReadingProcessor {
         }
         let alert = alert_for(&reading, severity, threshold);
         self.counts.alerts.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("alerts_raised_total", "severity" => severity_name(severity))
-            .increment(1);
+        metrics::counter!(ALERTS_RAISED, "severity" => severity_name(severity)).increment(1);
         tracing::info!(
             alert_id = alert.alert_id,
             sensor_id = alert.sensor_id,
@@ -198,7 +198,7 @@ impl ReadingProcessor {
             Some(task) => self.handoff.submit(task, confirm).await,
             None => {
                 self.counts.unowned.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("alerts_unowned_total").increment(1);
+                metrics::counter!(ALERTS_UNOWNED).increment(1);
                 tracing::warn!(
                     alert_id = alert.alert_id,
                     "alert without an owner, no notify task"
@@ -231,7 +231,7 @@ impl ReadingProcessor {
         };
         match published {
             Ok(()) => {
-                metrics::counter!("messages_published_total", "subject" => format!("{}.>", self.output.subject_prefix))
+                metrics::counter!(MESSAGES_PUBLISHED, "subject" => format!("{}.>", self.output.subject_prefix))
                     .increment(1);
             }
             Err(error) => {

@@ -1,5 +1,5 @@
 //! Criterion version of `bench codec`: JSON vs Protobuf encode and decode of
-//! a SensorReading and the seed's User message, with statistics.
+//! a SensorReading and the design guide's User message, with statistics.
 
 use std::hint::black_box;
 
@@ -24,7 +24,7 @@ fn codec_pair<M: WireMessage>(c: &mut Criterion, name: &str, message: &M) {
 
 fn codecs(c: &mut Criterion) {
     codec_pair(c, "sensor_reading", &samples::sensor_reading());
-    codec_pair(c, "seed_user", &samples::seed_user());
+    codec_pair(c, "guide_user", &samples::guide_user());
 }
 
 criterion_group!(benches, codecs);

@@ -1,8 +1,8 @@
-//! `bench codec`: the seed's JSON-vs-Protobuf table (chapter 2.3), measured.
+//! `bench codec`: the design guide's JSON-vs-Protobuf table, measured.
 //!
-//! For a [`SensorReading`] and the seed's `User` message: encoded size and
+//! For a [`SensorReading`] and the design guide's `User` message: encoded size and
 //! encode/decode time per message with each codec, through the same
-//! [`Codec`] the services use. The seed claims Protobuf is "~60% smaller"
+//! [`Codec`] the services use. The guide claims Protobuf is "~60% smaller"
 //! and parses "3x faster"; the table prints our numbers beside the claim.
 //! The RESULT line is Protobuf decode time of a reading (value) against
 //! JSON decode time (baseline).
@@ -10,7 +10,7 @@
 use std::{hint::black_box, time::Instant};
 
 use bench::{
-    report::{Figure, number, table},
+    report::{Figure, median, number, table},
     samples,
 };
 use common::codec::{Codec, ContentType, WireMessage};
@@ -35,7 +35,7 @@ struct Measured {
 
 pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let reading = samples::sensor_reading();
-    let user = samples::seed_user();
+    let user = samples::guide_user();
 
     let mut rows = vec![vec![
         "message".to_string(),
@@ -47,9 +47,9 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let mut summary = vec![vec![
         "message".to_string(),
         "protobuf size vs json".into(),
-        "seed claim".into(),
+        "guide's claim".into(),
         "protobuf parse speed-up".into(),
-        "seed claim".into(),
+        "guide's claim".into(),
     ]];
     let mut reading_decode = (0.0, 0.0);
     for (name, json, proto) in [
@@ -59,7 +59,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             measure(&reading, ContentType::Protobuf, &args)?,
         ),
         (
-            "User (seed)",
+            "User (guide)",
             measure(&user, ContentType::Json, &args)?,
             measure(&user, ContentType::Protobuf, &args)?,
         ),
@@ -131,7 +131,7 @@ fn median_ns(args: &Args, mut call: impl FnMut()) -> f64 {
     for _ in 0..args.iterations / 10 {
         call();
     }
-    let mut rounds: Vec<f64> = (0..args.rounds.max(1))
+    let rounds: Vec<f64> = (0..args.rounds.max(1))
         .map(|_| {
             let started = Instant::now();
             for _ in 0..args.iterations {
@@ -140,6 +140,5 @@ fn median_ns(args: &Args, mut call: impl FnMut()) -> f64 {
             started.elapsed().as_nanos() as f64 / f64::from(args.iterations.max(1))
         })
         .collect();
-    rounds.sort_by(f64::total_cmp);
-    rounds[rounds.len() / 2]
+    median(rounds)
 }

@@ -26,7 +26,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use bench::report::{Figure, number, table};
+use bench::report::{Figure, median, number, table};
 use common::{
     circuit_breaker::BreakerConfig,
     config::SecretUrl,
@@ -39,10 +39,8 @@ use tokio::{net::TcpListener, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint, server::TcpIncoming};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-use user_service::{
-    Application, Config as UserServiceConfig,
-    client::{ClientConfig, UserClient},
-};
+use user_client::{ClientConfig, UserClient};
+use user_service::{Application, Config as UserServiceConfig};
 
 /// Options of the grpc scenario.
 #[derive(Debug, Clone, clap::Args)]
@@ -79,15 +77,11 @@ pub(crate) struct Args {
 }
 
 /// The median of each figure over rounds.
-fn median(rounds: &[Measured]) -> Measured {
-    fn middle<T: Copy + PartialOrd>(mut values: Vec<T>) -> T {
-        values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-        values[values.len() / 2]
-    }
+fn median_of(rounds: &[Measured]) -> Measured {
     Measured {
-        requests_per_s: middle(rounds.iter().map(|m| m.requests_per_s).collect()),
-        p50_us: middle(rounds.iter().map(|m| m.p50_us).collect()),
-        p99_us: middle(rounds.iter().map(|m| m.p99_us).collect()),
+        requests_per_s: median(rounds.iter().map(|m| m.requests_per_s)),
+        p50_us: median(rounds.iter().map(|m| m.p50_us)),
+        p99_us: median(rounds.iter().map(|m| m.p99_us)),
     }
 }
 
@@ -221,11 +215,11 @@ async fn compare(
             layereds.push(load(args, concurrency, layered_call.clone()).await?);
         }
         let (raw_measured, ours, uncached, plain, layered) = (
-            median(&raws),
-            median(&ourss),
-            median(&uncacheds),
-            median(&plains),
-            median(&layereds),
+            median_of(&raws),
+            median_of(&ourss),
+            median_of(&uncacheds),
+            median_of(&plains),
+            median_of(&layereds),
         );
         for (call, m) in [
             ("raw tonic Health/Check", raw_measured),

@@ -19,7 +19,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Scenario {
-    /// JSON vs Protobuf: size and encode/decode time of SensorReading and the seed's User.
+    /// JSON vs Protobuf: size and encode/decode time of SensorReading and the design guide's User.
     Codec(codec::Args),
     /// RabbitMQ work queue: confirmed publishes, consume+ack at prefetch 1 and 100, fairness.
     Workqueue(workqueue::Args),

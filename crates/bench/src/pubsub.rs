@@ -37,7 +37,7 @@ use std::{
 use std::future::IntoFuture as _;
 
 use anyhow::Context as _;
-use bench::report::{Figure, number, table};
+use bench::report::{Figure, median, number, table};
 use common::{
     codec::{CONTENT_TYPE_HEADER, Codec, ContentType},
     config::SecretUrl,
@@ -387,7 +387,7 @@ async fn ours_core(args: &Args, prefix: &str, pace: Option<f64>) -> anyhow::Resu
         ops_addr: "127.0.0.1:0".parse()?,
         subject_prefix: prefix.to_string(),
         stats_subject: format!("{prefix}.stats"),
-        summary_interval_ms: Duration::ZERO,
+        summary_interval: Duration::ZERO,
         ..Default::default()
     };
     let monitor_stop = Shutdown::new();
@@ -596,9 +596,4 @@ async fn jetstream_raw(
     let raw = acked as f64 / started.elapsed().as_secs_f64();
     println!("  raw jetstream: {raw:.0} msg/s ({acked} acknowledged)");
     Ok(raw)
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or_default()
 }

@@ -57,6 +57,15 @@ impl Figure {
     }
 }
 
+/// The middle value (the upper one of the two middles for an even count);
+/// the default (0) when there is none. Rounds are summarised by their median
+/// everywhere: one slow round on a busy machine does not move it.
+pub fn median<T: Copy + PartialOrd + Default>(values: impl IntoIterator<Item = T>) -> T {
+    let mut values: Vec<T> = values.into_iter().collect();
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    values.get(values.len() / 2).copied().unwrap_or_default()
+}
+
 /// Formats a number with at most 3 decimals and no trailing zeros.
 pub fn number(value: f64) -> String {
     let text = format!("{value:.3}");

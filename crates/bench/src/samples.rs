@@ -1,6 +1,6 @@
 //! The messages the codec benchmark measures: a typical [`SensorReading`] and
-//! the seed's own `User {user_id, username, active}` example (chapter 2.3),
-//! with the exact values the seed shows.
+//! the original design guide's `User {user_id, username, active}` example,
+//! with the exact values the guide shows.
 
 use common::proto::{sensor::v1::SensorReading, user::v1::User};
 
@@ -18,8 +18,8 @@ pub fn sensor_reading() -> SensorReading {
     }
 }
 
-/// The seed's `{"user_id": 1001, "username": "alice", "active": true}`.
-pub fn seed_user() -> User {
+/// The design guide's `{"user_id": 1001, "username": "alice", "active": true}`.
+pub fn guide_user() -> User {
     User {
         user_id: 1001,
         username: "alice".into(),

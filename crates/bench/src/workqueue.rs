@@ -7,7 +7,7 @@
 //!   `basic_publish` futures.
 //! - `workqueue.consume.prefetch1` / `.prefetch100`: consume + ack per second
 //!   of a pre-filled queue of `sleep {"ms": 0}` tasks. Ours: the real
-//!   [`Worker`] with one handler slot (decode, idempotency check, handler,
+//!   [`Application`] with one handler slot (decode, idempotency check, handler,
 //!   ack, metrics). Raw: a lapin consumer that acks each delivery. Timed from
 //!   the first to the last delivery, so connection set-up is not counted.
 //! - `workqueue.fairness`: the share of tasks a 5x slower worker gets among
@@ -23,12 +23,11 @@ use std::{
 };
 
 use anyhow::Context as _;
-use bench::report::{Figure, number, table};
+use bench::report::{Figure, median, number, table};
 use common::{
     codec::{Codec, ContentType},
     config::SecretUrl,
     shutdown::Shutdown,
-    task::Task,
 };
 use futures::{StreamExt, future::BoxFuture, stream::FuturesUnordered};
 use lapin::{
@@ -40,16 +39,17 @@ use lapin::{
     types::FieldTable,
 };
 use serde_json::json;
-use task_producer::{
-    publisher::{PublisherConfig, TaskPublisher},
-    topology::Topology,
-};
 use task_worker::{
-    Config as WorkerConfig, Worker,
+    Application, Config as WorkerConfig,
     events::{TaskEvent, TaskOutcome},
     handler::{HandlerError, TaskHandler},
 };
 use tokio::sync::broadcast;
+use workqueue::{
+    publisher::{PublisherConfig, TaskPublisher},
+    task::Task,
+    topology::Topology,
+};
 
 /// Options of the workqueue scenario.
 #[derive(Debug, Clone, clap::Args)]
@@ -149,11 +149,6 @@ async fn spawned(
     measurement: impl Future<Output = anyhow::Result<f64>> + Send + 'static,
 ) -> anyhow::Result<f64> {
     tokio::spawn(measurement).await?
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or_default()
 }
 
 fn sleep_task() -> Task {
@@ -378,7 +373,7 @@ fn worker_config(args: &Args, topology: &Topology, prefetch: u16) -> WorkerConfi
 fn worker_queues(config: &WorkerConfig) -> Vec<String> {
     let mut names = config.topology().queue_names();
     names.push(config.data_sync_queue.clone());
-    names.push(task_worker::data_sync::dead_letter_queue(
+    names.push(workqueue::topology::data_sync_dead_letter_queue(
         &config.data_sync_queue,
     ));
     names
@@ -447,7 +442,7 @@ async fn our_consume(args: &Args, prefetch: u16) -> anyhow::Result<f64> {
         args.window,
     )
     .await?;
-    let worker = Worker::build(config.clone()).await?;
+    let worker = Application::build(config.clone()).await?;
     let mut events = worker.subscribe();
     let shutdown = Shutdown::new();
     let running = tokio::spawn(worker.run_until_stopped(shutdown.clone()));
@@ -479,7 +474,7 @@ async fn fairness(args: &Args) -> anyhow::Result<(f64, [usize; 3])> {
     let mut receivers = Vec::new();
     let mut running = Vec::new();
     for slow in [false, false, true] {
-        let mut worker = Worker::build(config.clone()).await?;
+        let mut worker = Application::build(config.clone()).await?;
         if slow {
             worker = worker.with_handler("sleep", Arc::new(SlowSleep));
         }

@@ -27,10 +27,10 @@ pub struct BreakerConfig {
     /// Failures inside `window` that open the breaker.
     pub failure_threshold: u32,
     /// How long a failure counts.
-    #[serde(with = "crate::config::duration_ms")]
+    #[serde(with = "crate::config::duration")]
     pub window: Duration,
     /// How long the breaker stays open before it lets probes through.
-    #[serde(with = "crate::config::duration_ms")]
+    #[serde(with = "crate::config::duration")]
     pub open_duration: Duration,
     /// Probes allowed at the same time while half-open.
     pub half_open_probes: u32,
@@ -286,7 +286,8 @@ impl CircuitBreaker {
     }
 
     fn export(&self, state: BreakerState) {
-        metrics::gauge!("circuit_breaker_state", "name" => self.name).set(state as u8 as f64);
+        metrics::gauge!(crate::metrics::CIRCUIT_BREAKER_STATE, "name" => self.name)
+            .set(state as u8 as f64);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Phase> {

@@ -1,9 +1,9 @@
 //! Layered, validated configuration with secrets that never print, and hot reload.
 //!
-//! Precedence, lowest first (DESIGN.md):
+//! Precedence, lowest first (docs/ARCHITECTURE.md):
 //! 1. the service's `Default`,
 //! 2. a TOML file: `--config PATH` or `CONFIG_FILE`,
-//! 3. the environment: the standard variables of DESIGN.md (`NATS_URL`,
+//! 3. the environment: the standard variables of docs/ARCHITECTURE.md (`NATS_URL`,
 //!    `AMQP_URL`, …), each mapped by the service to a key, plus any key as
 //!    `SWITCHYARD__SECTION__KEY` (double underscores separate sections).
 //!
@@ -51,6 +51,14 @@ pub enum ConfigError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A key of the retired unit-in-the-name convention (`*_ms`, `*_secs`).
+    #[error("config key {key} is no longer read: write {replacement} (durations carry their unit)")]
+    Renamed {
+        /// The old key, dotted.
+        key: String,
+        /// What to write instead, e.g. `ack_wait = "250ms"`.
+        replacement: String,
+    },
     /// The config file named by `--config` or `CONFIG_FILE` does not exist.
     #[error("config file {0} does not exist")]
     MissingFile(PathBuf),
@@ -87,6 +95,15 @@ impl ConfigError {
             reason: reason.into(),
         }
     }
+
+    /// For [`ConfigError::Renamed`], the old key and what to write instead,
+    /// e.g. `("ack_wait_ms", "ack_wait = \"250ms\"")`; `None` for any other error.
+    pub fn renamed(&self) -> Option<(&str, &str)> {
+        match self {
+            ConfigError::Renamed { key, replacement } => Some((key, replacement)),
+            _ => None,
+        }
+    }
 }
 
 /// A check run on a freshly loaded config, before the service uses it.
@@ -118,6 +135,24 @@ impl ConfigSource {
             file,
             env_keys: env_keys.to_vec(),
             env: None,
+        }
+    }
+
+    /// Reads only `file` and the variables in `env`, never the process
+    /// environment (nor `CONFIG_FILE`): for tests and checks.
+    pub fn isolated(
+        file: Option<PathBuf>,
+        env_keys: &[(&'static str, &'static str)],
+        env: &[(&str, &str)],
+    ) -> Self {
+        ConfigSource {
+            file,
+            env_keys: env_keys.to_vec(),
+            env: Some(
+                env.iter()
+                    .map(|(name, value)| (name.to_string(), value.to_string()))
+                    .collect(),
+            ),
         }
     }
 
@@ -158,7 +193,9 @@ impl ConfigSource {
                 builder = builder.set_override(*key, value.as_str())?;
             }
         }
-        let value: T = builder.build()?.try_deserialize()?;
+        let merged = builder.build()?;
+        reject_retired_keys("", &merged.clone().try_deserialize()?)?;
+        let value: T = merged.try_deserialize()?;
         value.validate()?;
         Ok(value)
     }
@@ -236,46 +273,204 @@ pub fn redact_url(url: &str) -> String {
         .join(",")
 }
 
-/// Serde for a [`Duration`] written as integer milliseconds (`timeout_ms = 250`).
-pub mod duration_ms {
-    use std::time::Duration;
+/// Serde for a [`Duration`] written the way people write one: `"250ms"`,
+/// `"30s"`, `"5m"`, `"1h"`, or a sum such as `"1m30s"`; `"0"` (or `0`) is
+/// zero. The one duration convention of every config file and variable:
+/// key names carry no unit (`ack_wait = "30s"`, never `ack_wait_ms`).
+///
+/// A bare number other than 0 is refused rather than guessed at: `30` could
+/// mean seconds or milliseconds, and a wrong guess is off by a factor of 1000.
+pub mod duration {
+    use std::{fmt, time::Duration};
 
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserializer, Serializer, de};
 
-    /// Writes whole milliseconds.
+    /// Writes the shortest exact form: `"250ms"`, `"30s"`, `"5m"`, `"2h"`, `"1500ms"`.
     pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_u64(value.as_millis() as u64)
+        serializer.serialize_str(&format(*value))
     }
 
-    /// Reads whole milliseconds.
+    /// Reads `"<number><unit>"` groups (units `ms`, `s`, `m`, `h`).
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        u64::deserialize(deserializer).map(Duration::from_millis)
+        deserializer.deserialize_any(DurationVisitor)
+    }
+
+    /// The text form of `value`, as [`serialize`] writes it.
+    pub fn format(value: Duration) -> String {
+        let millis = value.as_millis();
+        if millis == 0 {
+            return "0s".into();
+        }
+        for (unit, size) in [("h", 3_600_000), ("m", 60_000), ("s", 1_000)] {
+            if millis.is_multiple_of(size) {
+                return format!("{}{unit}", millis / size);
+            }
+        }
+        format!("{millis}ms")
+    }
+
+    /// Parses `"250ms"`, `"30s"`, `"5m"`, `"1h"`, `"1m30s"`, `"0"`.
+    pub fn parse(text: &str) -> Result<Duration, String> {
+        let text = text.trim();
+        if text == "0" {
+            return Ok(Duration::ZERO);
+        }
+        if text.is_empty() {
+            return Err(
+                "an empty duration: write it with a unit, e.g. \"250ms\" or \"30s\"".into(),
+            );
+        }
+        let mut total = Duration::ZERO;
+        let mut rest = text;
+        while !rest.is_empty() {
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            if digits == 0 {
+                return Err(format!(
+                    "{text:?} is not a duration: write a number and a unit (ms, s, m, h), e.g. \"250ms\""
+                ));
+            }
+            let number: u64 = rest[..digits]
+                .parse()
+                .map_err(|_| format!("{text:?}: the number is too large"))?;
+            rest = &rest[digits..];
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            let unit = &rest[..unit_len];
+            rest = &rest[unit_len..];
+            let part = match unit {
+                "ms" => Duration::from_millis(number),
+                "s" => Duration::from_secs(number),
+                "m" => number
+                    .checked_mul(60)
+                    .map(Duration::from_secs)
+                    .ok_or("too large")?,
+                "h" => number
+                    .checked_mul(3600)
+                    .map(Duration::from_secs)
+                    .ok_or("too large")?,
+                "" => {
+                    return Err(format!(
+                        "{text:?} has no unit: write e.g. \"{number}ms\" or \"{number}s\""
+                    ));
+                }
+                other => {
+                    return Err(format!(
+                        "{text:?}: unknown unit {other:?} (use ms, s, m or h)"
+                    ));
+                }
+            };
+            total = total
+                .checked_add(part)
+                .ok_or_else(|| format!("{text:?} is too large"))?;
+        }
+        Ok(total)
+    }
+
+    struct DurationVisitor;
+
+    impl de::Visitor<'_> for DurationVisitor {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration with a unit, such as \"250ms\", \"30s\" or \"5m\"")
+        }
+
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<Duration, E> {
+            parse(text).map_err(E::custom)
+        }
+
+        fn visit_u64<E: de::Error>(self, number: u64) -> Result<Duration, E> {
+            // The environment layer parses "0" into a number before we see it.
+            if number == 0 {
+                return Ok(Duration::ZERO);
+            }
+            Err(E::custom(format!(
+                "{number} has no unit: write e.g. \"{number}ms\" or \"{number}s\""
+            )))
+        }
+
+        fn visit_i64<E: de::Error>(self, number: i64) -> Result<Duration, E> {
+            match u64::try_from(number) {
+                Ok(number) => self.visit_u64(number),
+                Err(_) => Err(E::custom(format!(
+                    "{number}: a duration cannot be negative"
+                ))),
+            }
+        }
     }
 }
 
-/// Serde for an optional [`Duration`] in milliseconds; absent means `None`.
-pub mod opt_duration_ms {
+/// Serde for an optional [`Duration`] in the [`duration`] format; absent means `None`.
+pub mod opt_duration {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    /// Writes whole milliseconds, or nothing.
+    /// Writes the [`super::duration`] text, or nothing.
     pub fn serialize<S: Serializer>(
         value: &Option<Duration>,
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
         match value {
-            Some(value) => serializer.serialize_some(&(value.as_millis() as u64)),
+            Some(value) => serializer.serialize_some(&super::duration::format(*value)),
             None => serializer.serialize_none(),
         }
     }
 
-    /// Reads whole milliseconds, or nothing.
+    /// Reads the [`super::duration`] text, or nothing.
     pub fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Option<Duration>, D::Error> {
-        Option::<u64>::deserialize(deserializer).map(|ms| ms.map(Duration::from_millis))
+        #[derive(Deserialize)]
+        struct Wrapped(#[serde(with = "super::duration")] Duration);
+        Option::<Wrapped>::deserialize(deserializer).map(|value| value.map(|Wrapped(d)| d))
     }
+}
+
+/// Key suffixes of the old unit-in-the-name convention, and what replaced them.
+const RETIRED_UNIT_SUFFIXES: [(&str, &str); 3] =
+    [("_ms", "250ms"), ("_secs", "60s"), ("_seconds", "60s")];
+
+/// Retired keys whose replacement is not just the key without its unit:
+/// the pub-sub services' `drain_grace_ms` became `shutdown_grace`, the name
+/// every service uses for the same thing.
+const RENAMED_STEMS: [(&str, &str); 1] = [("drain_grace", "shutdown_grace")];
+
+/// Fails on a key written in the retired unit-in-the-name convention
+/// (`ack_wait_ms = 30000`, `window_secs = 60`), naming the key to write
+/// instead, so an old config file fails at start instead of being half-read.
+fn reject_retired_keys(
+    prefix: &str,
+    table: &config::Map<String, config::Value>,
+) -> Result<(), ConfigError> {
+    for (key, value) in table {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        if let Some((suffix, example)) = RETIRED_UNIT_SUFFIXES
+            .iter()
+            .find(|(suffix, _)| key.len() > suffix.len() && key.ends_with(suffix))
+        {
+            let stem = &key[..key.len() - suffix.len()];
+            let replacement = RENAMED_STEMS
+                .iter()
+                .find(|(old, _)| *old == stem)
+                .map_or(stem, |(_, new)| new);
+            return Err(ConfigError::Renamed {
+                key: path,
+                replacement: format!("{replacement} = \"{example}\""),
+            });
+        }
+        if let config::ValueKind::Table(inner) = &value.kind {
+            reject_retired_keys(&path, inner)?;
+        }
+    }
+    Ok(())
 }
 
 /// How long the watcher waits for a burst of file events to settle: editors
@@ -343,13 +538,14 @@ where
                         true
                     });
                     if changed {
-                        metrics::counter!("config_reloads_total", "outcome" => "applied")
+                        metrics::counter!(crate::metrics::CONFIG_RELOADS, "outcome" => "applied")
                             .increment(1);
                         tracing::info!(path = %path.display(), "config reloaded");
                     }
                 }
                 Err(error) => {
-                    metrics::counter!("config_reloads_total", "outcome" => "rejected").increment(1);
+                    metrics::counter!(crate::metrics::CONFIG_RELOADS, "outcome" => "rejected")
+                        .increment(1);
                     tracing::error!(path = %path.display(), %error, "config reload rejected, keeping the previous values");
                 }
             }
@@ -368,8 +564,14 @@ mod tests {
         nats_url: SecretUrl,
         amqp_url: SecretUrl,
         workers: u32,
-        #[serde(with = "duration_ms")]
-        timeout_ms: Duration,
+        #[serde(with = "duration")]
+        timeout: Duration,
+        #[serde(
+            default,
+            with = "opt_duration",
+            skip_serializing_if = "Option::is_none"
+        )]
+        idle: Option<Duration>,
         limits: Limits,
     }
 
@@ -386,7 +588,8 @@ mod tests {
                 nats_url: "nats://127.0.0.1:4222".into(),
                 amqp_url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
                 workers: 4,
-                timeout_ms: Duration::from_millis(500),
+                timeout: Duration::from_millis(500),
+                idle: None,
                 limits: Limits::default(),
             }
         }
@@ -443,15 +646,7 @@ mod tests {
     }
 
     fn source(file: Option<PathBuf>, env: &[(&str, &str)]) -> ConfigSource {
-        ConfigSource {
-            file,
-            env_keys: ENV_KEYS.to_vec(),
-            env: Some(
-                env.iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
-        }
+        ConfigSource::isolated(file, ENV_KEYS, env)
     }
 
     #[test]
@@ -500,6 +695,93 @@ mod tests {
         let message = err.to_string();
         assert!(message.contains("limits.critical"), "{message}");
         assert!(message.contains("10"), "{message}");
+    }
+
+    #[test]
+    fn durations_are_written_with_their_unit() {
+        for (text, expected) in [
+            ("250ms", Duration::from_millis(250)),
+            ("30s", Duration::from_secs(30)),
+            ("5m", Duration::from_secs(300)),
+            ("1h", Duration::from_secs(3600)),
+            ("1m30s", Duration::from_secs(90)),
+            ("0", Duration::ZERO),
+        ] {
+            assert_eq!(duration::parse(text), Ok(expected), "{text}");
+        }
+        for value in [250, 1_500, 30_000, 300_000, 7_200_000, 0].map(Duration::from_millis) {
+            assert_eq!(duration::parse(&duration::format(value)), Ok(value));
+        }
+        assert_eq!(duration::format(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(duration::format(Duration::from_secs(300)), "5m");
+        for bad in ["30", "", "ms", "5 minutes", "-1s", "3d"] {
+            assert!(duration::parse(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn durations_load_from_the_file_and_the_environment() {
+        let dir = TempDir::new();
+        let file = dir.0.join("durations.toml");
+        std::fs::write(&file, "timeout = \"2s\"\nidle = \"5m\"\n").unwrap();
+        let from_file: Example = source(Some(file.clone()), &[]).load().unwrap();
+        assert_eq!(from_file.timeout, Duration::from_secs(2));
+        assert_eq!(from_file.idle, Some(Duration::from_secs(300)));
+
+        let from_env: Example = source(Some(file), &[("SWITCHYARD__TIMEOUT", "750ms")])
+            .load()
+            .unwrap();
+        assert_eq!(from_env.timeout, Duration::from_millis(750));
+
+        let err = source(None, &[("SWITCHYARD__TIMEOUT", "750")])
+            .load::<Example>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("timeout") && err.contains("750ms"), "{err}");
+    }
+
+    #[test]
+    fn an_old_unit_suffixed_key_names_its_replacement() {
+        let dir = TempDir::new();
+        let file = dir.0.join("old.toml");
+        std::fs::write(&file, "timeout_ms = 250\n").unwrap();
+        let err = source(Some(file), &[]).load::<Example>().unwrap_err();
+        assert_eq!(
+            err.renamed(),
+            Some(("timeout_ms", "timeout = \"250ms\"")),
+            "{err}"
+        );
+        let message = err.to_string();
+        assert!(message.contains("timeout_ms"), "{message}");
+        assert!(message.contains("timeout = \"250ms\""), "{message}");
+
+        let err = source(None, &[("SWITCHYARD__LIMITS__WINDOW_SECS", "60")])
+            .load::<Example>()
+            .unwrap_err();
+        assert_eq!(
+            err.renamed(),
+            Some(("limits.window_secs", "window = \"60s\"")),
+            "{err}"
+        );
+        assert_eq!(
+            ConfigError::invalid("workers", 0, "must be at least 1").renamed(),
+            None
+        );
+    }
+
+    #[test]
+    fn an_isolated_source_ignores_the_process_environment() {
+        let source = ConfigSource::isolated(None, ENV_KEYS, &[("NATS_URL", "nats://a:4222")]);
+        assert_eq!(source.file, None);
+        assert_eq!(source.env_keys, ENV_KEYS);
+        let env = source
+            .env
+            .as_ref()
+            .expect("an isolated source has its own environment");
+        assert_eq!(env.len(), 1);
+        assert_eq!(env["NATS_URL"], "nats://a:4222");
+        let loaded: Example = source.load().unwrap();
+        assert_eq!(loaded.nats_url.expose(), "nats://a:4222");
     }
 
     #[test]

@@ -2,20 +2,23 @@
 //!
 //! One module per concern, each usable on its own:
 //!
+//! - [`clock`]: wall-clock time as Unix milliseconds, as the messages carry it.
 //! - [`proto`]: the generated `sensor.v1`, `user.v1` and `task.v1` types.
 //! - [`codec`]: JSON and Protobuf behind one abstraction, chosen by `Content-Type`.
-//! - [`task`]: the work-queue [`task::Task`] and its two encodings.
 //! - [`retry`]: exponential backoff with full jitter and a `Retryable` classification.
 //! - [`circuit_breaker`]: closed → open → half-open → closed, exported as a metric.
 //! - [`config`]: defaults < TOML file < environment, validation, secret redaction, hot reload.
 //! - [`telemetry`]: logs (json or pretty) and optional OTLP traces.
 //! - [`propagation`]: W3C `traceparent` through NATS, AMQP and gRPC headers.
-//! - [`shutdown`]: SIGTERM/Ctrl-C into one cancellation signal, in-flight work drained.
+//! - [`shutdown`]: SIGTERM/Ctrl-C into one cancellation signal, in-flight work drained, then aborted.
+//! - [`reconnect`]: the one reconnect-with-backoff loop every long-lived connection uses.
 //! - [`ops`]: `/healthz`, `/readyz` and `/metrics` over HTTP.
 //! - [`metrics`]: the Prometheus recorder every service shares.
 //! - [`nats`]: NATS connection with readiness and slow-consumer reporting, the readings stream.
+//! - [`service`]: a binary's start: `--config`, telemetry, the config, then the service until a signal.
 
 pub mod circuit_breaker;
+pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod metrics;
@@ -23,7 +26,8 @@ pub mod nats;
 pub mod ops;
 pub mod propagation;
 pub mod proto;
+pub mod reconnect;
 pub mod retry;
+pub mod service;
 pub mod shutdown;
-pub mod task;
 pub mod telemetry;

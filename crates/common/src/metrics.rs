@@ -1,10 +1,16 @@
 //! The Prometheus recorder every service shares.
 //!
 //! Services record with the [`metrics`] macros (`counter!`, `gauge!`,
-//! `histogram!`) under the names DESIGN.md fixes; [`install`] puts one
-//! Prometheus recorder behind those macros for the whole process and
-//! [`crate::ops`] serves its text rendering on `/metrics`. Installing is
-//! idempotent, so several services (or tests) in one process share it.
+//! `histogram!`); [`install`] puts one Prometheus recorder behind those
+//! macros for the whole process and [`crate::ops`] serves its text rendering
+//! on `/metrics`. Installing is idempotent, so several services (or tests) in
+//! one process share it.
+//!
+//! Every metric name is defined once, as a constant beside its [`Metric`]
+//! description: the names several services share are here ([`SHARED`]), each
+//! service's own are in its `metrics` module. [`describe`] registers the
+//! descriptions, so `/metrics` carries a `# HELP` line for each, and the
+//! lists are what docs/ARCHITECTURE.md's metric table is checked against.
 
 use std::sync::OnceLock;
 
@@ -17,12 +23,108 @@ const DURATION_BUCKETS: [f64; 14] = [
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// Messages taken from a subject or queue (label `subject` or `queue`).
+pub const MESSAGES_RECEIVED: &str = "messages_received_total";
+/// Messages refused as bad input (label `reason`: `invalid_json`,
+/// `invalid_protobuf`, `invalid_message`, `unsupported_content_type`,
+/// `too_large`, ...).
+pub const MESSAGES_REJECTED: &str = "messages_rejected_total";
+/// Messages published (label `subject` or `queue`).
+pub const MESSAGES_PUBLISHED: &str = "messages_published_total";
+/// Messages lost before they were read (label `reason`: `slow_consumer`).
+pub const MESSAGES_DROPPED: &str = "messages_dropped_total";
+/// Config file reloads (label `outcome`: `applied` or `rejected`).
+pub const CONFIG_RELOADS: &str = "config_reloads_total";
+/// A circuit breaker's state: 0 closed, 1 half-open, 2 open (label `name`).
+pub const CIRCUIT_BREAKER_STATE: &str = "circuit_breaker_state";
+
+/// What kind of series a metric is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Only goes up.
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// Observations in buckets.
+    Histogram,
+}
+
+/// A metric a service exports: its name, its kind and its `# HELP` text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metric {
+    /// The series name, e.g. `messages_received_total`.
+    pub name: &'static str,
+    /// Counter, gauge or histogram.
+    pub kind: MetricKind,
+    /// One line for `# HELP`.
+    pub help: &'static str,
+}
+
+impl Metric {
+    /// A counter.
+    pub const fn counter(name: &'static str, help: &'static str) -> Self {
+        Metric {
+            name,
+            kind: MetricKind::Counter,
+            help,
+        }
+    }
+
+    /// A gauge.
+    pub const fn gauge(name: &'static str, help: &'static str) -> Self {
+        Metric {
+            name,
+            kind: MetricKind::Gauge,
+            help,
+        }
+    }
+
+    /// A histogram.
+    pub const fn histogram(name: &'static str, help: &'static str) -> Self {
+        Metric {
+            name,
+            kind: MetricKind::Histogram,
+            help,
+        }
+    }
+}
+
+/// The metrics several services export.
+pub const SHARED: &[Metric] = &[
+    Metric::counter(MESSAGES_RECEIVED, "Messages taken from a subject or queue."),
+    Metric::counter(
+        MESSAGES_REJECTED,
+        "Messages refused as bad input, by reason.",
+    ),
+    Metric::counter(
+        MESSAGES_PUBLISHED,
+        "Messages published, by subject or queue.",
+    ),
+    Metric::counter(
+        MESSAGES_DROPPED,
+        "Messages lost before they were read, by reason.",
+    ),
+    Metric::counter(CONFIG_RELOADS, "Config file reloads, by outcome."),
+    Metric::gauge(
+        CIRCUIT_BREAKER_STATE,
+        "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+    ),
+];
+
+/// Registers the `# HELP` text of `metrics` with the process's recorder
+/// (installing it first). Call once per service at build time, with the
+/// service's own list; [`SHARED`] is described by [`install`].
+pub fn describe(list: &[Metric]) {
+    install();
+    register(list);
+}
+
 /// Installs the process-wide Prometheus recorder (once) and returns its handle.
 ///
 /// If another recorder was installed first (a library user's own), metrics
 /// keep going there and the returned handle renders an empty registry.
 pub fn install() -> PrometheusHandle {
-    HANDLE
+    let handle = HANDLE
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
                 .set_buckets(&DURATION_BUCKETS)
@@ -34,7 +136,22 @@ pub fn install() -> PrometheusHandle {
             }
             handle
         })
-        .clone()
+        .clone();
+    SHARED_DESCRIBED.get_or_init(|| register(SHARED));
+    handle
+}
+
+/// Set once [`SHARED`] has been described.
+static SHARED_DESCRIBED: OnceLock<()> = OnceLock::new();
+
+fn register(list: &[Metric]) {
+    for metric in list {
+        match metric.kind {
+            MetricKind::Counter => metrics::describe_counter!(metric.name, metric.help),
+            MetricKind::Gauge => metrics::describe_gauge!(metric.name, metric.help),
+            MetricKind::Histogram => metrics::describe_histogram!(metric.name, metric.help),
+        }
+    }
 }
 
 /// Renders every metric in the Prometheus text format.
@@ -66,6 +183,25 @@ mod tests {
                 r#"task_duration_seconds_bucket{kind="metrics-module-test",le="0.005"} 1"#
             ),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn described_metrics_carry_help_lines() {
+        describe(&[Metric::counter(
+            "metrics_described_test_total",
+            "A counter for the help-line test.",
+        )]);
+        metrics::counter!("metrics_described_test_total").increment(1);
+        metrics::counter!(MESSAGES_PUBLISHED, "subject" => "metrics.help.test").increment(1);
+        let text = render();
+        assert!(
+            text.contains("# HELP metrics_described_test_total A counter for the help-line test."),
+            "{text}"
+        );
+        assert!(
+            text.contains("# HELP messages_published_total Messages published"),
+            "shared metrics are described by install: {text}"
         );
     }
 

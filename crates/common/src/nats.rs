@@ -7,7 +7,7 @@
 //!   warn log line. The client reconnects forever and may start before the
 //!   server is up.
 //! - [`sensor_stream_config`] / [`ensure_sensor_stream`]: the JetStream stream
-//!   over `sensor.data` and `sensor.data.>` (DESIGN.md), created or updated by
+//!   over `sensor.data` and `sensor.data.>` (docs/ARCHITECTURE.md), created or updated by
 //!   whichever service starts first. Only options a 2.9 server knows are set.
 //! - [`reading_subject`] builds `sensor.data.<sensor_id>`.
 
@@ -74,7 +74,7 @@ impl ConnectionWatch {
     }
 }
 
-/// How readings travel (DESIGN.md "NATS (pub-sub)").
+/// How readings travel (docs/ARCHITECTURE.md, "Publish-subscribe").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryMode {
@@ -133,7 +133,8 @@ fn on_event(name: &str, watch: &ConnectionWatch, event: Event) {
         }
         Event::SlowConsumer(sid) => {
             watch.slow_consumer_drops.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("messages_dropped_total", "reason" => "slow_consumer").increment(1);
+            metrics::counter!(crate::metrics::MESSAGES_DROPPED, "reason" => "slow_consumer")
+                .increment(1);
             tracing::warn!(
                 connection = name,
                 sid,

@@ -1,4 +1,4 @@
-//! The ops HTTP endpoint every service exposes (ports in DESIGN.md).
+//! The ops HTTP endpoint every service exposes (ports in docs/ARCHITECTURE.md).
 //!
 //! - `GET /healthz`: the process is alive (always 200 while it serves).
 //! - `GET /readyz`: 200 when every registered dependency is connected, 503
@@ -85,32 +85,56 @@ impl Readiness {
     }
 }
 
-/// A running ops HTTP server.
+/// The ops address could not be bound (taken by another process, or not
+/// an address of this host).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot bind the ops address {addr}: {source}")]
+pub struct BindError {
+    /// The address asked for.
+    pub addr: SocketAddr,
+    /// Why it failed.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// A running ops HTTP server. It is the last thing a service stops, so
+/// `/readyz` can say "shutting down" while the rest drains; dropping it
+/// stops it too.
 #[derive(Debug)]
 pub struct OpsServer {
+    /// The address actually bound.
     local_addr: SocketAddr,
-    task: JoinHandle<std::io::Result<()>>,
+    /// Fires the server's graceful shutdown.
+    stop: CancellationToken,
+    /// The serving task; taken by [`OpsServer::stop`].
+    task: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 impl OpsServer {
     /// Binds `addr` (port 0 picks a free port) and serves the ops routes plus
-    /// `extra` until `stop` fires.
+    /// `extra` until [`OpsServer::stop`].
     pub async fn start(
         addr: SocketAddr,
         readiness: Readiness,
         extra: Router,
-        stop: CancellationToken,
-    ) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
-        let local_addr = listener.local_addr()?;
+    ) -> Result<Self, BindError> {
+        let bind_error = |source| BindError { addr, source };
+        let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+        let local_addr = listener.local_addr().map_err(bind_error)?;
         let app = router(readiness).merge(extra);
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .with_graceful_shutdown(async move { stopped.cancelled().await })
                 .await
         });
         tracing::info!(addr = %local_addr, "ops http listening");
-        Ok(OpsServer { local_addr, task })
+        Ok(OpsServer {
+            local_addr,
+            stop,
+            task: Some(task),
+        })
     }
 
     /// The address actually bound.
@@ -118,9 +142,23 @@ impl OpsServer {
         self.local_addr
     }
 
-    /// Waits for the server to stop (after the stop token fired).
-    pub async fn stopped(self) -> std::io::Result<()> {
-        self.task.await.map_err(std::io::Error::other)?
+    /// Stops serving and waits until the server is gone; an error it ended
+    /// with is logged, since nothing is left to do about it at shutdown.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "ops server stopped with an error"),
+                Err(error) => tracing::warn!(%error, "ops server task failed"),
+            }
+        }
+    }
+}
+
+impl Drop for OpsServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 
@@ -155,52 +193,54 @@ async fn metrics() -> impl IntoResponse {
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use testkit::http_get;
 
     use super::*;
 
-    /// A one-shot HTTP/1.1 GET; returns the status code and the body.
-    async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        let status = response[9..12].parse().unwrap();
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, body)| body.to_string())
-            .unwrap_or_default();
-        (status, body)
-    }
-
-    async fn start(readiness: Readiness, extra: Router) -> (OpsServer, CancellationToken) {
-        let stop = CancellationToken::new();
-        let server = OpsServer::start(
-            "127.0.0.1:0".parse().unwrap(),
-            readiness,
-            extra,
-            stop.clone(),
-        )
-        .await
-        .unwrap();
-        (server, stop)
+    async fn start(readiness: Readiness, extra: Router) -> OpsServer {
+        OpsServer::start("127.0.0.1:0".parse().unwrap(), readiness, extra)
+            .await
+            .unwrap()
     }
 
     #[tokio::test]
     async fn healthz_answers_on_a_picked_port() {
-        let (server, stop) = start(Readiness::default(), Router::new()).await;
+        let server = start(Readiness::default(), Router::new()).await;
         assert_ne!(server.local_addr().port(), 0);
         let (status, body) = http_get(server.local_addr(), "/healthz").await;
         assert_eq!((status, body.as_str()), (200, "ok"));
-        stop.cancel();
-        server.stopped().await.unwrap();
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_taken_port_is_an_error_naming_the_address() {
+        let server = start(Readiness::default(), Router::new()).await;
+        let error = OpsServer::start(server.local_addr(), Readiness::default(), Router::new())
+            .await
+            .unwrap_err();
+        assert_eq!(error.addr, server.local_addr());
+        assert!(
+            error.to_string().starts_with(&format!(
+                "cannot bind the ops address {}",
+                server.local_addr()
+            )),
+            "{error}"
+        );
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_stopped_server_no_longer_answers() {
+        let server = start(Readiness::default(), Router::new()).await;
+        let addr = server.local_addr();
+        server.stop().await;
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     }
 
     #[tokio::test]
     async fn readyz_follows_the_checks_and_shutdown() {
         let readiness = Readiness::new(&["nats", "rabbitmq"]);
-        let (server, stop) = start(readiness.clone(), Router::new()).await;
+        let server = start(readiness.clone(), Router::new()).await;
 
         let (status, body) = http_get(server.local_addr(), "/readyz").await;
         assert_eq!(status, 503);
@@ -220,12 +260,12 @@ mod tests {
         let (status, body) = http_get(server.local_addr(), "/readyz").await;
         assert_eq!(status, 503);
         assert!(body.contains(r#""shutting_down":true"#), "{body}");
-        stop.cancel();
+        server.stop().await;
     }
 
     #[tokio::test]
     async fn metrics_are_served_in_prometheus_text_format() {
-        let (server, stop) = start(Readiness::default(), Router::new()).await;
+        let server = start(Readiness::default(), Router::new()).await;
         metrics::counter!("messages_received_total", "subject" => "ops.test").increment(3);
         let (status, body) = http_get(server.local_addr(), "/metrics").await;
         assert_eq!(status, 200);
@@ -233,7 +273,7 @@ mod tests {
             body.contains(r#"messages_received_total{subject="ops.test"} 3"#),
             "{body}"
         );
-        stop.cancel();
+        server.stop().await;
     }
 
     #[tokio::test]
@@ -242,10 +282,10 @@ mod tests {
             "/stats",
             get(|| async { Json(serde_json::json!({"sensors": 0})) }),
         );
-        let (server, stop) = start(Readiness::default(), extra).await;
+        let server = start(Readiness::default(), extra).await;
         let (status, body) = http_get(server.local_addr(), "/stats").await;
         assert_eq!((status, body.as_str()), (200, r#"{"sensors":0}"#));
         assert_eq!(http_get(server.local_addr(), "/nope").await.0, 404);
-        stop.cancel();
+        server.stop().await;
     }
 }

@@ -28,16 +28,16 @@ pub trait Retryable {
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicy {
     /// Upper bound of the first delay; later bounds double.
-    #[serde(with = "crate::config::duration_ms")]
+    #[serde(with = "crate::config::duration")]
     pub base_delay: Duration,
     /// No delay is longer than this.
-    #[serde(with = "crate::config::duration_ms")]
+    #[serde(with = "crate::config::duration")]
     pub max_delay: Duration,
     /// Total calls, the first one included; 1 means no retry.
     pub max_attempts: u32,
     /// Give up when the next sleep would end later than this after the first
     /// call started; `None` for no time limit.
-    #[serde(default, with = "crate::config::opt_duration_ms")]
+    #[serde(default, with = "crate::config::opt_duration")]
     pub max_elapsed: Option<Duration>,
 }
 

@@ -1,15 +1,26 @@
-//! Graceful shutdown: one signal fans out to every task, and `run` returns
-//! only when the in-flight work has drained or a grace deadline has passed.
+//! Graceful shutdown, the one way every service stops: signal → cancel →
+//! drain within a grace period → abort what is left.
 //!
 //! [`Shutdown`] pairs a [`CancellationToken`] (the signal: consumers stop
 //! taking new work) with a [`TaskTracker`] (the in-flight work). A service's
-//! `run(config, shutdown)` selects on [`Shutdown::cancelled`], spawns each
-//! piece of work with [`Shutdown::spawn`], and ends with [`Shutdown::drain`].
+//! `run_until_stopped(shutdown)` selects on [`Shutdown::cancelled`], spawns
+//! each piece of in-flight work with [`Shutdown::spawn`], and ends with
+//! [`Shutdown::drain`], which waits for that work at most the grace period
+//! and then aborts it (an unacked message is redelivered to another
+//! instance; an unfinished publish is retried by the caller's caller).
+//!
+//! A [`Shutdown::scope`] is a group of tasks with its own tracker that also
+//! stops with the service: the consumers of one connection, drained on
+//! shutdown but [aborted](Shutdown::abort) when that connection is lost.
 //! Tests trigger the same path with [`Shutdown::trigger`] instead of a signal.
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 /// The shutdown signal plus the work it waits for. Cheap to clone.
@@ -17,6 +28,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 pub struct Shutdown {
     token: CancellationToken,
     tracker: TaskTracker,
+    /// Handles of the spawned tasks, to abort what outlives the grace period.
+    spawned: Arc<Mutex<Vec<AbortHandle>>>,
 }
 
 /// How a drain ended.
@@ -77,6 +90,18 @@ impl Shutdown {
         Shutdown {
             token: self.token.child_token(),
             tracker: self.tracker.clone(),
+            spawned: self.spawned.clone(),
+        }
+    }
+
+    /// A group of tasks of its own: its signal fires with this one (or
+    /// alone), and its [`Shutdown::drain`] and [`Shutdown::abort`] concern
+    /// only the tasks spawned through it.
+    pub fn scope(&self) -> Shutdown {
+        Shutdown {
+            token: self.token.child_token(),
+            tracker: TaskTracker::new(),
+            spawned: Arc::default(),
         }
     }
 
@@ -86,7 +111,11 @@ impl Shutdown {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        self.tracker.spawn(task)
+        let handle = self.tracker.spawn(task);
+        let mut spawned = self.lock_spawned();
+        spawned.retain(|task| !task.is_finished());
+        spawned.push(handle.abort_handle());
+        handle
     }
 
     /// Tracks a future run in place (not spawned) as in-flight work.
@@ -100,7 +129,7 @@ impl Shutdown {
     }
 
     /// Fires the signal if it has not fired, then waits for tracked work to
-    /// finish, at most `grace`.
+    /// finish, at most `grace`; what is still running then is aborted.
     pub async fn drain(&self, grace: Duration) -> Drained {
         self.token.cancel();
         self.tracker.close();
@@ -113,9 +142,25 @@ impl Shutdown {
                     grace_ms = grace.as_millis() as u64,
                     "grace period over, abandoning in-flight work"
                 );
+                self.abort();
                 Drained::TimedOut(left)
             }
         }
+    }
+
+    /// Fires the signal and aborts every spawned task at once, without a
+    /// grace period (their connection is gone: nothing they do can be acked).
+    pub fn abort(&self) {
+        self.token.cancel();
+        for task in self.lock_spawned().drain(..) {
+            task.abort();
+        }
+    }
+
+    fn lock_spawned(&self) -> std::sync::MutexGuard<'_, Vec<AbortHandle>> {
+        self.spawned
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -190,6 +235,45 @@ mod tests {
             Drained::TimedOut(1)
         );
         assert_eq!(started.elapsed(), Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn work_left_after_the_grace_period_is_aborted() {
+        let shutdown = Shutdown::new();
+        let finished = Arc::new(AtomicBool::new(false));
+        let flag = finished.clone();
+        let handle = shutdown.spawn(async move {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            flag.store(true, Ordering::SeqCst);
+        });
+        shutdown.drain(Duration::from_secs(1)).await;
+        assert!(handle.await.unwrap_err().is_cancelled());
+        assert!(!finished.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_scope_drains_and_aborts_only_its_own_tasks() {
+        let service = Shutdown::new();
+        let outside = service.spawn(tokio::time::sleep(Duration::from_secs(30)));
+        let scope = service.scope();
+        let inside = scope.spawn(tokio::time::sleep(Duration::from_secs(30)));
+        scope.abort();
+        assert!(inside.await.unwrap_err().is_cancelled());
+        assert!(!service.is_triggered(), "the service keeps running");
+        assert!(!outside.is_finished());
+
+        let next = service.scope();
+        let waiter = next.clone();
+        let stopped_with_the_service = tokio::spawn(async move { waiter.cancelled().await });
+        service.trigger();
+        tokio::time::timeout(Duration::from_secs(1), stopped_with_the_service)
+            .await
+            .expect("a scope stops with its service")
+            .unwrap();
+        assert_eq!(
+            service.drain(Duration::from_secs(60)).await,
+            Drained::Complete
+        );
     }
 
     #[tokio::test]

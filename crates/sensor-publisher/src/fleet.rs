@@ -10,7 +10,7 @@
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
-use common::{proto::sensor::v1::SensorReading, task::now_millis};
+use common::{clock::now_millis, proto::sensor::v1::SensorReading};
 
 /// What the fleet looks like.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

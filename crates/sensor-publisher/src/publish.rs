@@ -12,7 +12,13 @@
 //!   de-duplicated by the server; up to `ack_window` PubAcks are awaited
 //!   concurrently (the context's own bounded in-flight window); a reading is
 //!   counted as published only once its PubAck arrived, and a timed-out or
-//!   failed publish is sent again with the same id, with backoff.
+//!   failed publish is sent again with the same id, with backoff (a resend
+//!   of one message, not a reconnect: the NATS client reconnects on its own).
+//!
+//! On shutdown, [`ReadingPublisher::finish`] drains the PubAcks still
+//! awaited (and the client's buffer) within a grace period; its tasks are a
+//! [`Shutdown::scope`] of the service, so what is left after the grace is
+//! aborted and counted as unsent.
 
 use std::{
     sync::{
@@ -35,15 +41,19 @@ use async_nats::{
 use bytes::{Bytes, BytesMut};
 use common::{
     codec::{Codec, ContentType},
+    metrics::MESSAGES_PUBLISHED,
     nats::CONTENT_TYPE,
     propagation::{TRACEPARENT, inject_nats_if_traced},
     proto::sensor::v1::SensorReading,
     retry::RetryPolicy,
+    shutdown::{Drained, Shutdown},
 };
 use futures::{StreamExt as _, stream::FuturesUnordered};
 use metrics::Counter;
 use rand::Rng;
-use tokio::{sync::mpsc, task::JoinHandle};
+use tokio::sync::mpsc;
+
+use crate::metrics::{JETSTREAM_PUBLISH_DUPLICATES, JETSTREAM_PUBLISH_RETRIES, READINGS_UNSENT};
 
 /// Built once, like [`CONTENT_TYPE`]: parsing a `&str` name per message is not free.
 const TRACE_PARENT: HeaderName = HeaderName::from_static(TRACEPARENT);
@@ -127,6 +137,9 @@ pub struct ReadingPublisher {
     published_metric: Counter,
     /// Hands each sent reading's PubAck to the confirmer task (JetStream).
     confirmer: Option<Confirmer>,
+    /// The confirmer and the final flush: drained, then aborted, by
+    /// [`ReadingPublisher::finish`].
+    in_flight: Shutdown,
     /// Subject of each sensor, by fleet index (cheap to clone).
     subjects: Vec<Option<Subject>>,
     /// The `Content-Type` value of every reading.
@@ -143,15 +156,17 @@ type PendingAck = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>
 /// PubAck holds one of its permits.
 #[derive(Debug)]
 struct Confirmer {
+    /// Dropping it lets the task end once every PubAck is in.
     pending: mpsc::UnboundedSender<PendingAck>,
+    /// PubAcks still awaited, retries included.
     outstanding: Arc<AtomicU64>,
-    task: JoinHandle<()>,
 }
 
 impl Confirmer {
-    fn start() -> Self {
+    /// Spawns the task in `in_flight`.
+    fn start(in_flight: &Shutdown) -> Self {
         let (pending, mut receiver) = mpsc::unbounded_channel::<PendingAck>();
-        let task = tokio::spawn(async move {
+        in_flight.spawn(async move {
             let mut waiting = FuturesUnordered::new();
             loop {
                 tokio::select! {
@@ -167,26 +182,28 @@ impl Confirmer {
         Confirmer {
             pending,
             outstanding: Arc::default(),
-            task,
         }
     }
 }
 
 impl ReadingPublisher {
-    /// A core-NATS publisher.
+    /// A core-NATS publisher; its final flush runs in a scope of `shutdown`.
     pub fn core(
         client: async_nats::Client,
         settings: PublisherSettings,
         counts: Arc<PublishCounts>,
+        shutdown: &Shutdown,
     ) -> Self {
-        Self::new(client, None, settings, counts)
+        Self::new(client, None, settings, counts, shutdown.scope())
     }
 
-    /// A JetStream publisher; the stream must exist.
+    /// A JetStream publisher; the stream must exist. Its PubAcks are awaited
+    /// in a scope of `shutdown`.
     pub fn jetstream(
         client: async_nats::Client,
         settings: PublisherSettings,
         counts: Arc<PublishCounts>,
+        shutdown: &Shutdown,
     ) -> Self {
         let context = jetstream::ContextBuilder::new()
             .timeout(settings.publish_timeout)
@@ -194,8 +211,10 @@ impl ReadingPublisher {
             // Wait for a free slot instead of failing: the window is the backpressure.
             .backpressure_on_inflight(true)
             .build(client.clone());
-        let mut publisher = Self::new(client, Some(Arc::new(context)), settings, counts);
-        publisher.confirmer = Some(Confirmer::start());
+        let in_flight = shutdown.scope();
+        let confirmer = Confirmer::start(&in_flight);
+        let mut publisher = Self::new(client, Some(Arc::new(context)), settings, counts, in_flight);
+        publisher.confirmer = Some(confirmer);
         publisher
     }
 
@@ -204,9 +223,10 @@ impl ReadingPublisher {
         jetstream: Option<Arc<jetstream::Context>>,
         settings: PublisherSettings,
         counts: Arc<PublishCounts>,
+        in_flight: Shutdown,
     ) -> Self {
         let published_metric = metrics::counter!(
-            "messages_published_total",
+            MESSAGES_PUBLISHED,
             "subject" => format!("{}.>", settings.subject_prefix)
         );
         let content_type = settings.content_type.mime();
@@ -218,6 +238,7 @@ impl ReadingPublisher {
             counts,
             published_metric,
             confirmer: None,
+            in_flight,
             subjects: Vec::new(),
             content_type: HeaderValue::from(content_type),
             buffer: BytesMut::new(),
@@ -367,40 +388,34 @@ impl ReadingPublisher {
         }
     }
 
-    /// Waits for every outstanding PubAck (JetStream) or flushes the client
-    /// (core), at most `grace`.
+    /// Waits for every outstanding PubAck (JetStream) and for the client's
+    /// flush, at most `grace`; what is still unconfirmed then is aborted and
+    /// counted as unsent (`reason="shutdown"`).
     pub async fn finish(&mut self, grace: Duration) {
-        let confirmer = self.confirmer.take();
-        let client = self.client.clone();
-        let outstanding = confirmer
+        let outstanding = self
+            .confirmer
             .as_ref()
             .map(|confirmer| confirmer.outstanding.clone());
-        let mut task = confirmer.map(|Confirmer { task, .. }| task);
-        let drain = async {
-            // The sender is dropped with the confirmer: the task ends once
-            // every PubAck is in.
-            if let Some(task) = task.as_mut() {
-                let _ = task.await;
-            }
+        // Dropping the sender lets the confirmer end once every PubAck is in.
+        self.confirmer = None;
+        let client = self.client.clone();
+        self.in_flight.spawn(async move {
             if let Err(error) = client.flush().await {
                 tracing::warn!(%error, "flush failed");
             }
-        };
-        if tokio::time::timeout(grace, drain).await.is_err() {
-            if let Some(task) = task {
-                task.abort();
-            }
+        });
+        if let Drained::TimedOut(_) = self.in_flight.drain(grace).await {
             let left = outstanding.map_or(0, |left| left.load(Ordering::Relaxed));
             tracing::warn!(left, "grace period over, abandoning unconfirmed readings");
             self.counts.unsent.fetch_add(left, Ordering::Relaxed);
-            metrics::counter!("readings_unsent_total", "reason" => "shutdown").increment(left);
+            metrics::counter!(READINGS_UNSENT, "reason" => "shutdown").increment(left);
         }
     }
 }
 
 fn unsent(counts: &PublishCounts, reason: &'static str) {
     counts.unsent.fetch_add(1, Ordering::Relaxed);
-    metrics::counter!("readings_unsent_total", "reason" => reason).increment(1);
+    metrics::counter!(READINGS_UNSENT, "reason" => reason).increment(1);
 }
 
 /// Content-Type and traceparent for one reading.
@@ -493,7 +508,7 @@ impl Confirmation {
                 Ok(ack) => {
                     if ack.duplicate {
                         self.counts.duplicates.fetch_add(1, Ordering::Relaxed);
-                        metrics::counter!("jetstream_publish_duplicates_total").increment(1);
+                        metrics::counter!(JETSTREAM_PUBLISH_DUPLICATES).increment(1);
                     }
                     self.counts.published.fetch_add(1, Ordering::Relaxed);
                     self.published_metric.increment(1);
@@ -511,7 +526,7 @@ impl Confirmation {
                         "publish not acknowledged, sending again"
                     );
                     self.counts.retried.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("jetstream_publish_retries_total").increment(1);
+                    metrics::counter!(JETSTREAM_PUBLISH_RETRIES).increment(1);
                     tokio::time::sleep(delay).await;
                     sent = self
                         .context

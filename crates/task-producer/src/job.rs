@@ -1,4 +1,5 @@
-//! The producer's job: publish N tasks, or a rate for a duration.
+//! The producer's job ([`JobConfig`]): publish N tasks, or a rate for a
+//! duration.
 //!
 //! Publishes overlap: up to `max_unconfirmed` are in flight while the broker
 //! confirms earlier ones, which is where the throughput of confirmed
@@ -12,99 +13,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{
-    config::{ConfigError, Validate, duration_ms},
-    shutdown::Shutdown,
-    task::Task,
-};
+use common::shutdown::Shutdown;
 use futures::{StreamExt, stream::FuturesUnordered};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 use tokio::time::MissedTickBehavior;
+use workqueue::{publisher::TaskPublisher, task::Task};
 
-use crate::publisher::TaskPublisher;
+use crate::config::JobConfig;
 
 /// Runs at least this many tasks get a progress bar (when stderr is a terminal).
 const PROGRESS_THRESHOLD: u64 = 1_000;
-
-/// What the producer publishes (`[job]` in the config file, or CLI flags).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct JobConfig {
-    /// How many tasks to publish (ignored when `duration_ms` is set).
-    pub count: u64,
-    /// Tasks per second; 0 publishes as fast as confirms allow.
-    pub rate: f64,
-    /// Publish at `rate` for this long; 0 means "publish `count` tasks".
-    #[serde(rename = "duration_ms", with = "duration_ms")]
-    pub duration: Duration,
-    /// The task kind (`sleep`, `notify`, or any kind a worker handles).
-    pub kind: String,
-    /// The task payload, a JSON object.
-    pub payload: String,
-}
-
-impl Default for JobConfig {
-    fn default() -> Self {
-        JobConfig {
-            count: 10,
-            rate: 0.0,
-            duration: Duration::ZERO,
-            kind: common::task::KIND_SLEEP.to_string(),
-            payload: r#"{"ms": 100}"#.to_string(),
-        }
-    }
-}
-
-impl Validate for JobConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        if !self.rate.is_finite() || self.rate < 0.0 {
-            return Err(ConfigError::invalid(
-                "job.rate",
-                self.rate,
-                "must be 0 (unpaced) or a positive number of tasks per second",
-            ));
-        }
-        if !self.duration.is_zero() && self.rate == 0.0 {
-            return Err(ConfigError::invalid(
-                "job.duration_ms",
-                self.duration.as_millis(),
-                "a duration needs a rate (job.rate)",
-            ));
-        }
-        if self.kind.trim().is_empty() {
-            return Err(ConfigError::invalid(
-                "job.kind",
-                &self.kind,
-                "must not be empty",
-            ));
-        }
-        self.payload_object()
-            .map(|_| ())
-            .map_err(|reason| ConfigError::invalid("job.payload", &self.payload, reason))
-    }
-}
-
-impl JobConfig {
-    /// The payload parsed as a JSON object.
-    pub fn payload_object(&self) -> Result<Map<String, Value>, String> {
-        match serde_json::from_str::<Value>(&self.payload) {
-            Ok(Value::Object(map)) => Ok(map),
-            Ok(_) => Err("must be a json object".into()),
-            Err(error) => Err(format!("not valid json: {error}")),
-        }
-    }
-
-    /// The number of tasks the job will publish, when known in advance.
-    pub fn planned(&self) -> u64 {
-        if self.duration.is_zero() {
-            self.count
-        } else {
-            (self.rate * self.duration.as_secs_f64()).round() as u64
-        }
-    }
-}
 
 /// How a job went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -231,37 +149,4 @@ fn progress_bar(planned: u64, timed: bool) -> ProgressBar {
             .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
     bar
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_payload_must_be_a_json_object() {
-        let mut job = JobConfig::default();
-        assert!(job.validate().is_ok());
-        job.payload = "[1]".into();
-        let err = job.validate().unwrap_err().to_string();
-        assert!(err.contains("json object"), "{err}");
-        job.payload = "{".into();
-        assert!(
-            job.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("not valid json")
-        );
-    }
-
-    #[test]
-    fn a_duration_needs_a_rate() {
-        let job = JobConfig {
-            duration: Duration::from_secs(5),
-            ..JobConfig::default()
-        };
-        assert!(job.validate().unwrap_err().to_string().contains("job.rate"));
-        let job = JobConfig { rate: 200.0, ..job };
-        assert!(job.validate().is_ok());
-        assert_eq!(job.planned(), 1000);
-    }
 }

@@ -2,21 +2,20 @@
 //!
 //! ```text
 //! task-producer --count 1000 --kind sleep --payload '{"ms": 50}'
-//! task-producer --rate 200 --duration 60 --format json
+//! task-producer --rate 200 --duration 60s --format json
 //! ```
 //! Flags override the config file (`--config` or `CONFIG_FILE`) and the
 //! environment (`AMQP_URL`, `SWITCHYARD__JOB__COUNT`, ...). The exit status is
 //! non-zero when any task was not confirmed.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use clap::Parser;
 use common::{
     codec::ContentType,
-    config::{ConfigSource, Validate},
-    shutdown::Shutdown,
-    telemetry,
+    config::{Validate, duration},
+    service::{self, ConfigArgs},
 };
 use task_producer::{Config, ENV_KEYS};
 
@@ -24,18 +23,18 @@ use task_producer::{Config, ENV_KEYS};
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// TOML config file (also `CONFIG_FILE`).
-    #[arg(long)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    config: ConfigArgs,
     /// Number of tasks to publish.
     #[arg(long)]
     count: Option<u64>,
     /// Tasks per second (0: as fast as confirms allow).
     #[arg(long)]
     rate: Option<f64>,
-    /// Publish at --rate for this many seconds instead of --count tasks.
-    #[arg(long)]
-    duration: Option<f64>,
+    /// Publish at --rate for this long instead of --count tasks, with its
+    /// unit: `90s`, `5m`, `1m30s`.
+    #[arg(long, value_parser = duration::parse)]
+    duration: Option<Duration>,
     /// Task kind (sleep, notify, ...).
     #[arg(long)]
     kind: Option<String>,
@@ -53,13 +52,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     let args = Args::parse();
-    let mut config: Config = ConfigSource::new(args.config.clone(), ENV_KEYS)
-        .load()
-        .context("cannot load the configuration")?;
-    apply(&mut config, args)?;
-    let _telemetry = telemetry::init("task-producer").context("cannot set up telemetry")?;
-    let shutdown = Shutdown::on_signals();
-    let summary = task_producer::run(config, shutdown).await?;
+    let mut service = service::start_with::<Config>("task-producer", &args.config, ENV_KEYS)?;
+    apply(&mut service.config, args)?;
+    let summary = service.run(task_producer::run).await?;
     println!("{summary}");
     Ok(if summary.failed == 0 {
         ExitCode::SUCCESS
@@ -77,9 +72,8 @@ fn apply(config: &mut Config, args: Args) -> anyhow::Result<()> {
     if let Some(rate) = args.rate {
         job.rate = rate;
     }
-    if let Some(seconds) = args.duration {
-        job.duration = Duration::try_from_secs_f64(seconds)
-            .with_context(|| format!("--duration {seconds} is not a number of seconds"))?;
+    if let Some(duration) = args.duration {
+        job.duration = duration;
     }
     if let Some(kind) = args.kind {
         job.kind = kind;

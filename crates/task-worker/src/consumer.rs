@@ -2,7 +2,7 @@
 //! time.
 //!
 //! A worker runs `concurrency` slots, each with its own channel and
-//! `basic_qos(prefetch)`: N slots at prefetch 1 behave like N of the seed's
+//! `basic_qos(prefetch)`: N slots at prefetch 1 behave like N single-slot
 //! workers in one process (fair dispatch holds per slot), and the ack of a
 //! task goes out only after its handler returned.
 //!
@@ -24,7 +24,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::processing::{self, Next, TaskContext};
+use crate::{
+    metrics::TASK_CONSUMERS_PAUSED,
+    processing::{self, Next, TaskContext},
+};
 
 /// How long a stopping slot waits for deliveries still in the client buffer.
 const DRAIN_BUFFER: Duration = Duration::from_millis(200);
@@ -96,13 +99,13 @@ impl TaskSlot {
                 }
                 continue;
             };
-            metrics::gauge!("task_consumers_paused").increment(1.0);
+            metrics::gauge!(TASK_CONSUMERS_PAUSED).increment(1.0);
             info!(consumer = %self.consumer_tag, breaker = breaker.name(), "breaker open, task consumption paused");
             let resumed = tokio::select! {
                 () = stop.cancelled() => false,
                 () = wait_until_callable(breaker, breaker_state.as_mut(), refused) => true,
             };
-            metrics::gauge!("task_consumers_paused").decrement(1.0);
+            metrics::gauge!(TASK_CONSUMERS_PAUSED).decrement(1.0);
             if !resumed {
                 return End::Stopped;
             }

@@ -1,10 +1,11 @@
 //! The contact directory, kept current from the `data_sync` queue.
 //!
 //! user-service publishes `user_created`, `user_updated` and `user_deleted`
-//! events (the seed's section 2.5: `{"event": "user_created", "data": {"id":
-//! 1001, "name": "Alice"}}`, plus our optional `event_id` and `occurred_at`).
-//! The worker keeps the latest state per user id so `notify` can add contact
-//! details without a second call, and serves it on `GET /contacts`.
+//! events: `{"event": "user_created", "data": {"id": 1001, "name": "Alice"}}`
+//! as a plain client writes them, plus our optional `event_id` and
+//! `occurred_at`. The worker keeps the latest state per user id so `notify`
+//! can add contact details without a second call, and serves it on
+//! `GET /contacts` ([`routes`]).
 //!
 //! Applying events is idempotent: an `event_id` seen before is skipped, and
 //! an event older (`occurred_at`) than what is stored is ignored, so a
@@ -16,6 +17,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use axum::{Json, Router, extract::State, routing::get};
 use common::codec::CodecError;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -23,12 +25,12 @@ use serde_json::{Map, Value};
 /// How many event ids the directory remembers for de-duplication.
 const SEEN_EVENTS: usize = 10_000;
 
-/// One `data_sync` event, as published by user-service or a seed-style client.
+/// One `data_sync` event, as published by user-service or a plain client.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct UserEvent {
     /// `user_created`, `user_updated` or `user_deleted`.
     pub event: String,
-    /// The user; `id` is required, a number (the seed) or a string (ours).
+    /// The user; `id` is required, a number (plain clients) or a string (ours).
     pub data: Map<String, Value>,
     /// Unique id of the event, for de-duplication.
     #[serde(default)]
@@ -91,7 +93,7 @@ pub struct Contact {
     pub name: Option<String>,
     /// E-mail address.
     pub email: Option<String>,
-    /// Age, as in the seed's user.
+    /// Age, as plain clients' user records carry it.
     pub age: Option<i64>,
     /// `occurred_at` of the event that set this state (0 when unknown).
     pub updated_at: i64,
@@ -169,7 +171,7 @@ impl ContactDirectory {
                 }
             }
         }
-        // Events without a time (the seed's) always apply, in arrival order.
+        // Events without a time (a plain client's) always apply, in arrival order.
         if event.occurred_at.is_some()
             && inner.entries.get(&id).is_some_and(|entry| entry.at() > at)
         {
@@ -238,6 +240,18 @@ impl ContactDirectory {
     }
 }
 
+/// `GET /contacts` for the ops port: every known contact, sorted by id, as
+/// JSON.
+pub fn routes(contacts: ContactDirectory) -> Router {
+    Router::new()
+        .route("/contacts", get(list_contacts))
+        .with_state(contacts)
+}
+
+async fn list_contacts(State(contacts): State<ContactDirectory>) -> Json<Vec<Contact>> {
+    Json(contacts.list())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,7 +261,7 @@ mod tests {
     }
 
     #[test]
-    fn the_seeds_own_event_with_a_numeric_id_is_accepted() {
+    fn a_plain_clients_event_with_a_numeric_id_is_accepted() {
         let directory = ContactDirectory::new();
         let applied = directory
             .apply(&event(

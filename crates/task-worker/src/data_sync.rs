@@ -1,11 +1,12 @@
 //! The `data_sync` consumer: user events into the contact directory.
 //!
-//! The seed's section 2.5: a durable queue of persistent JSON events. Each
-//! event is applied idempotently (see [`crate::contacts`]) and acked. An
-//! event that does not decode is counted (`messages_rejected_total{reason}`),
-//! logged, and parked in `<queue>.dlq` for inspection, never lost or retried
-//! in a loop.
+//! A durable queue of persistent JSON events, from user-service or a plain
+//! client (docs/ARCHITECTURE.md has the format). Each event is applied
+//! idempotently (see [`crate::contacts`]) and acked. An event that does not
+//! decode is counted (`messages_rejected_total{reason}`), logged, and parked
+//! in `<queue>.dlq` for inspection, never lost or retried in a loop.
 
+use common::metrics::{MESSAGES_RECEIVED, MESSAGES_REJECTED};
 use futures::StreamExt;
 use lapin::{
     Channel,
@@ -15,17 +16,13 @@ use lapin::{
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
+use workqueue::topology::data_sync_dead_letter_queue;
 
 use crate::{
     consumer::{End, cancel_and_requeue},
     contacts::{Applied, ContactDirectory, UserEvent},
     routing::{self, DeadLetter, RouteError},
 };
-
-/// The dead-letter queue of a user-event queue.
-pub fn dead_letter_queue(queue: &str) -> String {
-    format!("{queue}.dlq")
-}
 
 /// Consumes user events from `queue` until `stop` fires or the channel fails.
 pub(crate) async fn run(
@@ -74,7 +71,7 @@ async fn apply(
     contacts: &ContactDirectory,
     delivery: Delivery,
 ) -> Result<(), RouteError> {
-    metrics::counter!("messages_received_total", "queue" => queue.to_string()).increment(1);
+    metrics::counter!(MESSAGES_RECEIVED, "queue" => queue.to_string()).increment(1);
     let applied = UserEvent::decode(&delivery.data).and_then(|event| {
         let applied = contacts.apply(&event)?;
         Ok((event, applied))
@@ -93,11 +90,11 @@ async fn apply(
         }
         Err(error) => {
             let reason = error.reason();
-            metrics::counter!("messages_rejected_total", "reason" => reason).increment(1);
+            metrics::counter!(MESSAGES_REJECTED, "reason" => reason).increment(1);
             warn!(queue, reason, error = %error, "undecodable user event, parking it in the dlq");
             routing::to_dead_letter_queue(
                 publish,
-                &dead_letter_queue(queue),
+                &data_sync_dead_letter_queue(queue),
                 &delivery.data,
                 &delivery.properties,
                 DeadLetter {

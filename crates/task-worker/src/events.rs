@@ -1,7 +1,7 @@
 //! What happened to each task, for whoever embeds the worker.
 //!
 //! Every delivery the worker finishes with produces one [`TaskEvent`] on a
-//! broadcast channel ([`crate::Worker::subscribe`]): an embedding
+//! broadcast channel ([`crate::Application::subscribe`]): an embedding
 //! application can react to outcomes, and the integration tests assert on
 //! them instead of on log text. A slow subscriber loses the oldest events
 //! (broadcast semantics); the worker never waits for one.

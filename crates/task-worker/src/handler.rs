@@ -9,8 +9,8 @@
 
 use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
 
-use common::task::{KIND_SLEEP, Task};
 use futures::future::BoxFuture;
+use workqueue::task::{KIND_SLEEP, Task};
 
 /// Why a handler did not finish a task.
 #[derive(Debug, thiserror::Error)]

@@ -14,19 +14,18 @@
 
 use std::sync::Arc;
 
-use common::{
-    circuit_breaker::CircuitBreaker,
-    task::{KIND_NOTIFY, Task},
-};
+use common::circuit_breaker::CircuitBreaker;
 use futures::future::BoxFuture;
 use serde_json::Value;
 use tracing::info;
-use user_service::client::{ClientConfig, ClientError, UserClient};
+use user_client::{ClientConfig, ClientError, UserClient};
+use workqueue::task::{KIND_NOTIFY, Task};
 
 use crate::{
     Config,
     contacts::ContactDirectory,
     handler::{HandlerError, Handlers, TaskHandler},
+    metrics::NOTIFICATIONS_SENT,
 };
 
 /// Runs `notify` tasks against user-service.
@@ -112,7 +111,7 @@ impl TaskHandler for NotifyHandler {
                 threshold = %text("threshold"),
                 "notification sent"
             );
-            metrics::counter!("notifications_sent_total", "severity" => severity).increment(1);
+            metrics::counter!(NOTIFICATIONS_SENT, "severity" => severity).increment(1);
             Ok(())
         })
     }

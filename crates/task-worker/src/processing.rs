@@ -14,7 +14,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{codec::Codec, propagation, task::Task};
+use common::{
+    codec::Codec,
+    metrics::{MESSAGES_RECEIVED, MESSAGES_REJECTED},
+    propagation,
+};
 use futures::FutureExt;
 use lapin::{
     Channel,
@@ -22,14 +26,15 @@ use lapin::{
     options::{BasicAckOptions, BasicNackOptions},
 };
 use metrics::{Counter, Histogram};
-use task_producer::topology::Topology;
 use tokio::sync::broadcast;
 use tracing::{Instrument, debug, info, warn};
+use workqueue::{task::Task, topology::Topology};
 
 use crate::{
     events::{TaskEvent, TaskOutcome},
     finished::FinishedTasks,
     handler::{HandlerError, Handlers},
+    metrics::{TASK_DURATION, TASKS_DUPLICATES, TASKS_PROCESSED, TASKS_REQUEUED},
     routing::{self, DeadLetter, RouteError},
     shared_finished::SharedFinished,
 };
@@ -85,9 +90,10 @@ impl TaskMetrics {
     pub(crate) fn new(queue: &str, handlers: &Handlers) -> Self {
         // The handles bind to the recorder installed now; make sure it is ours.
         common::metrics::install();
-        let outcome = |outcome: &'static str| metrics::counter!("tasks_processed_total", "outcome" => outcome);
+        let outcome =
+            |outcome: &'static str| metrics::counter!(TASKS_PROCESSED, "outcome" => outcome);
         TaskMetrics {
-            received: metrics::counter!("messages_received_total", "queue" => queue.to_string()),
+            received: metrics::counter!(MESSAGES_RECEIVED, "queue" => queue.to_string()),
             ok: outcome("ok"),
             retried: outcome("retried"),
             dead_lettered: outcome("dead_lettered"),
@@ -95,8 +101,7 @@ impl TaskMetrics {
                 .kinds()
                 .into_iter()
                 .map(|kind| {
-                    let histogram =
-                        metrics::histogram!("task_duration_seconds", "kind" => kind.to_string());
+                    let histogram = metrics::histogram!(TASK_DURATION, "kind" => kind.to_string());
                     (kind.to_string(), histogram)
                 })
                 .collect(),
@@ -142,7 +147,7 @@ pub(crate) async fn process(
         Ok(task) => task,
         Err(error) => {
             let reason = error.reason();
-            metrics::counter!("messages_rejected_total", "reason" => reason).increment(1);
+            metrics::counter!(MESSAGES_REJECTED, "reason" => reason).increment(1);
             let message_id = delivery
                 .properties
                 .message_id()
@@ -212,13 +217,13 @@ async fn handle(
     if context.finished.contains(&task.id) || context.shared_finished.contains(&task.id).await {
         debug!("task already done, acking the redelivery");
         delivery.acker.ack(BasicAckOptions::default()).await?;
-        metrics::counter!("tasks_duplicates_total").increment(1);
+        metrics::counter!(TASKS_DUPLICATES).increment(1);
         let _ = context.events.send(event(TaskOutcome::Duplicate));
         return Ok(Next::Continue);
     }
 
     let Some(handler) = context.handlers.get(&task.kind).cloned() else {
-        metrics::counter!("messages_rejected_total", "reason" => "unknown_kind").increment(1);
+        metrics::counter!(MESSAGES_REJECTED, "reason" => "unknown_kind").increment(1);
         warn!(known = ?context.handlers.kinds(), "unknown task kind, dead-lettering");
         let error = format!("no handler for task kind {:?}", task.kind);
         dead_letter(context, publish, &delivery, "unknown_kind", &error, attempt).await?;
@@ -311,7 +316,7 @@ async fn handle(
                     ..Default::default()
                 })
                 .await?;
-            metrics::counter!("tasks_requeued_total", "reason" => "breaker_open").increment(1);
+            metrics::counter!(TASKS_REQUEUED, "reason" => "breaker_open").increment(1);
             let _ = context.events.send(event(TaskOutcome::Requeued));
             Ok(Next::Pause)
         }

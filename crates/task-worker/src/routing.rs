@@ -5,13 +5,13 @@
 //! the worker dies between the two, the task exists twice (once redelivered,
 //! once in the tier), which idempotency absorbs; the other order could lose it.
 
-use common::task::now_millis;
+use common::clock::now_millis;
 use lapin::{
     BasicProperties, Channel, Confirmation,
     options::BasicPublishOptions,
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
-use task_producer::topology::headers;
+use workqueue::topology::headers;
 
 /// The longest error text written into a DLQ header.
 const MAX_ERROR_HEADER: usize = 1024;
@@ -28,7 +28,7 @@ pub enum RouteError {
 }
 
 /// Failed deliveries so far, from the `x-attempts` header (0 when absent or
-/// not a number, as on a fresh task from a seed-style client).
+/// not a number, as on a fresh task from a plain client).
 pub fn attempts(properties: &BasicProperties) -> u32 {
     let Some(value) = properties
         .headers()

@@ -4,54 +4,88 @@
 //! broker restart: a new node may not have our queues), enables confirms on
 //! a channel used to re-publish retries and dead letters, starts the task
 //! slots and the `data_sync` consumer, and then waits for one of: shutdown,
-//! a lost connection, a failed consumer. The worker's loop starts a new
-//! session after a loss.
+//! a lost connection, a failed consumer. [`crate::app`] runs sessions one
+//! after another with [`common::reconnect::keep_connected`].
 //!
-//! On shutdown every consumer is cancelled first (no new deliveries), the
-//! tasks in flight finish and are acked, and only then is the connection
-//! closed — all within the grace period, after which what is left is
-//! abandoned unacked and RabbitMQ redelivers it to another worker.
+//! The consumers of one session run in a [`Shutdown::scope`] of their own.
+//! On shutdown the scope's signal cancels every consumer first (no new
+//! deliveries), the tasks in flight finish and are acked, and only then is
+//! the connection closed — all within the grace period, after which the
+//! scope aborts what is left: it is abandoned unacked and RabbitMQ
+//! redelivers it to another worker. When the connection is lost the scope is
+//! aborted at once: nothing its consumers do can be acked any more.
 
 use std::sync::Arc;
 
-use common::shutdown::Shutdown;
-use futures::StreamExt;
+use common::{
+    circuit_breaker::CircuitBreaker,
+    config::duration,
+    ops::Readiness,
+    reconnect::Session,
+    shutdown::{Drained, Shutdown},
+};
+use futures::{StreamExt, stream::FuturesUnordered};
 use lapin::{
     Connection, ConnectionProperties,
     options::{BasicQosOptions, ConfirmSelectOptions},
     types::{LongString, ShortString},
 };
-use task_producer::topology::declare_data_sync;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
+use tokio::task::JoinHandle;
 use tracing::{info, warn};
+use workqueue::topology::{data_sync_dead_letter_queue, declare_data_sync};
 
 use crate::{
+    Config,
     consumer::{End, TaskSlot},
+    contacts::ContactDirectory,
     data_sync,
-    worker::Shared,
+    processing::TaskContext,
 };
 
 /// Prefetch of the `data_sync` consumer: events are tiny and applied in
 /// memory, so a deeper buffer costs nothing.
 const DATA_SYNC_PREFETCH: u16 = 64;
 
-/// Runs one session. `Err` when the connection could not be set up.
-pub(crate) async fn run(shared: &Arc<Shared>, shutdown: &Shutdown) -> Result<End, lapin::Error> {
+/// What every session of one worker shares, built once by
+/// [`crate::Application::run_until_stopped`].
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// The worker's configuration.
+    pub(crate) config: Config,
+    /// What processing a task needs.
+    pub(crate) context: Arc<TaskContext>,
+    /// The contact directory fed by `data_sync`.
+    pub(crate) contacts: ContactDirectory,
+    /// The breaker the task consumers pause on, if any.
+    pub(crate) breaker: Option<Arc<CircuitBreaker>>,
+    /// `/readyz` checks.
+    pub(crate) readiness: Readiness,
+    /// Prefix of this process's consumer tags (visible in the management UI).
+    pub(crate) worker_id: String,
+}
+
+/// The consumers of one session, each reporting how it ended.
+type Consumers = FuturesUnordered<JoinHandle<End>>;
+
+/// Runs one session: [`Session::Finished`] after a shutdown drained it,
+/// [`Session::Lost`] when the connection or a consumer failed, `Err` when
+/// the connection could not be set up.
+pub(crate) async fn run(
+    shared: &Arc<Shared>,
+    shutdown: &Shutdown,
+) -> Result<Session, lapin::Error> {
     let config = &shared.config;
     let connection = tokio::select! {
-        () = shutdown.cancelled() => return Ok(End::Stopped),
+        () = shutdown.cancelled() => return Ok(Session::Finished),
         connection = Connection::connect(
             config.amqp_url.expose(),
             ConnectionProperties::default().with_connection_name(LongString::from("task-worker")),
         ) => connection?,
     };
-    let stop = CancellationToken::new();
-    let mut slots = JoinSet::new();
-    let started = start(shared, &connection, &stop, &mut slots).await;
-    if let Err(error) = started {
-        stop.cancel();
-        slots.abort_all();
+    let scope = shutdown.scope();
+    let mut consumers = Consumers::new();
+    if let Err(error) = start(shared, &connection, &scope, &mut consumers).await {
+        scope.abort();
         let _ = connection
             .close(200, ShortString::from("setup failed"))
             .await;
@@ -67,43 +101,42 @@ pub(crate) async fn run(shared: &Arc<Shared>, shutdown: &Shutdown) -> Result<End
     shared.readiness.set("rabbitmq", true);
 
     let mut events = connection.events_listener();
+    // Biased towards shutdown: the scope's signal stops the consumers too,
+    // and a consumer that returned because of it is not a lost connection.
     let end = tokio::select! {
-        () = shutdown.cancelled() => End::Stopped,
-        Some(ended) = slots.join_next() => match ended {
-            Ok(End::Lost(reason)) => End::Lost(reason),
-            Ok(End::Stopped) => End::Lost("a consumer stopped on its own".into()),
-            Err(error) => End::Lost(format!("a consumer task failed: {error}")),
+        biased;
+        () = shutdown.cancelled() => Session::Finished,
+        Some(ended) = consumers.next() => match ended {
+            Ok(End::Lost(reason)) => Session::Lost(reason),
+            Ok(End::Stopped) => Session::Lost("a consumer stopped on its own".into()),
+            Err(error) => Session::Lost(format!("a consumer task failed: {error}")),
         },
-        reason = connection_error(&mut events) => End::Lost(reason),
+        reason = connection_error(&mut events) => Session::Lost(reason),
     };
     shared.readiness.set("rabbitmq", false);
-    stop.cancel();
     match &end {
-        End::Stopped => {
+        Session::Finished => {
             shared.readiness.shutting_down();
             info!(
-                grace_ms = config.shutdown_grace.as_millis() as u64,
+                grace = %duration::format(config.shutdown_grace),
                 "stopping: consumers cancelled, finishing tasks in flight"
             );
-            let drained = tokio::time::timeout(config.shutdown_grace, async {
-                while slots.join_next().await.is_some() {}
-            })
-            .await;
-            if drained.is_err() {
-                warn!(
-                    left = slots.len(),
-                    "grace period over, abandoning tasks in flight (they will be redelivered)"
+            // Past the grace period the scope aborts what is left (and says
+            // so); closing the connection then hands those tasks back.
+            if let Drained::TimedOut(left) = scope.drain(config.shutdown_grace).await {
+                info!(
+                    left,
+                    "unacked tasks go back to the queue for another worker"
                 );
-                slots.abort_all();
             }
             if let Err(error) = connection.close(200, ShortString::from("shutdown")).await {
                 warn!(error = %error, "closing the connection");
             }
             info!("task worker stopped");
         }
-        End::Lost(reason) => {
-            warn!(reason, "connection lost, reconnecting");
-            slots.abort_all();
+        Session::Lost(_) => {
+            // keep_connected logs the reason with its reconnect delay.
+            scope.abort();
             let _ = connection
                 .close(200, ShortString::from("reconnecting"))
                 .await;
@@ -112,12 +145,12 @@ pub(crate) async fn run(shared: &Arc<Shared>, shutdown: &Shutdown) -> Result<End
     Ok(end)
 }
 
-/// Declares the topology and starts every consumer on `connection`.
+/// Declares the topology and starts every consumer on `connection`, in `scope`.
 async fn start(
     shared: &Arc<Shared>,
     connection: &Connection,
-    stop: &CancellationToken,
-    slots: &mut JoinSet<End>,
+    scope: &Shutdown,
+    consumers: &mut Consumers,
 ) -> Result<(), lapin::Error> {
     let config = &shared.config;
     let publish = connection.create_channel().await?;
@@ -125,7 +158,7 @@ async fn start(
     declare_data_sync(&publish, &config.data_sync_queue).await?;
     declare_data_sync(
         &publish,
-        &data_sync::dead_letter_queue(&config.data_sync_queue),
+        &data_sync_dead_letter_queue(&config.data_sync_queue),
     )
     .await?;
     publish
@@ -144,21 +177,21 @@ async fn start(
             consumer_tag: format!("{}-task-{slot}", shared.worker_id),
             breaker: shared.breaker.clone(),
         };
-        slots.spawn(slot.run(stop.clone()));
+        consumers.push(scope.spawn(slot.run(scope.token())));
     }
 
     let channel = connection.create_channel().await?;
     channel
         .basic_qos(DATA_SYNC_PREFETCH, BasicQosOptions::default())
         .await?;
-    slots.spawn(data_sync::run(
+    consumers.push(scope.spawn(data_sync::run(
         channel,
         publish,
         config.data_sync_queue.clone(),
         format!("{}-data-sync", shared.worker_id),
         shared.contacts.clone(),
-        stop.clone(),
-    ));
+        scope.token(),
+    )));
     Ok(())
 }
 

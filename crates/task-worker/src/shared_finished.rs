@@ -24,6 +24,8 @@ use std::{
 use common::config::SecretUrl;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use crate::metrics::IDEMPOTENCY_STORE_ERRORS;
+
 /// How long one Redis call may take before the worker goes on without it.
 const CALL_TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -129,7 +131,7 @@ impl RedisLedger {
             Ok(Err(error)) => error.to_string(),
             Err(_) => format!("no answer within {} ms", CALL_TIMEOUT.as_millis()),
         };
-        metrics::counter!("idempotency_store_errors_total", "op" => op).increment(1);
+        metrics::counter!(IDEMPOTENCY_STORE_ERRORS, "op" => op).increment(1);
         if !self.failing.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 error,

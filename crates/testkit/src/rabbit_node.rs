@@ -112,6 +112,11 @@ impl RabbitNode {
     }
 
     /// Stops the node (a clean broker shutdown, as on a restart).
+    ///
+    /// Never hangs: a node that ignores `rabbitmqctl stop` — one still booting
+    /// when a test gave up on it, which writes its pid file only later — is
+    /// killed once it has one, and the server process is killed after
+    /// 30 s whatever happens.
     pub fn stop(&self) {
         let stopped = Command::new("rabbitmqctl")
             .args(["-n", &self.name, "stop"])
@@ -122,9 +127,22 @@ impl RabbitNode {
         if !stopped {
             self.kill_own_beam();
         }
-        if let Some(mut server) = self.server.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = server.wait();
+        let Some(mut server) = self.server.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        let deadline = std::time::Instant::now() + STOP_DEADLINE;
+        while matches!(server.try_wait(), Ok(None)) {
+            if std::time::Instant::now() > deadline {
+                let _ = server.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+            if !stopped {
+                self.kill_own_beam();
+            }
         }
+        self.kill_own_beam();
+        let _ = server.wait();
     }
 
     /// Kills the node's Erlang VM when `rabbitmqctl stop` could not: only the
@@ -147,6 +165,9 @@ impl RabbitNode {
         }
     }
 }
+
+/// How long [`RabbitNode::stop`] waits for the node to go before it kills it.
+const STOP_DEADLINE: Duration = Duration::from_secs(30);
 
 impl Default for RabbitNode {
     fn default() -> Self {

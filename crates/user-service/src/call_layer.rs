@@ -32,7 +32,10 @@ use tonic::{Code, Status, metadata::MetadataMap};
 use tower::{Layer, Service};
 use tracing::Instrument;
 
-use crate::error::code_name;
+use crate::{
+    error::code_name,
+    metrics::{GRPC_SERVER_DURATION, GRPC_SERVER_REQUESTS},
+};
 
 /// The gRPC services this server answers; other paths are labelled `unknown`
 /// so a scanner cannot inflate the metric's label set.
@@ -160,9 +163,9 @@ struct CallRecord {
 impl CallRecord {
     fn finish(self, code: Code) {
         let method = self.method;
-        metrics::histogram!("grpc_server_duration_seconds", "method" => method.clone())
+        metrics::histogram!(GRPC_SERVER_DURATION, "method" => method.clone())
             .record(self.started.elapsed().as_secs_f64());
-        metrics::counter!("grpc_server_requests_total", "method" => method, "code" => code_name(code))
+        metrics::counter!(GRPC_SERVER_REQUESTS, "method" => method, "code" => code_name(code))
             .increment(1);
     }
 }

@@ -18,14 +18,15 @@
 
 use std::sync::Arc;
 
-use common::{config::SecretUrl, retry::RetryPolicy};
+use common::reconnect::{Session, keep_connected};
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{read_cache::ReadCache, store::UserStore};
-
-/// The notification channel; the payload is the user id.
-pub const CHANNEL: &str = "user_changed";
+use crate::{
+    metrics::USER_CACHE_FEED_ERRORS,
+    read_cache::ReadCache,
+    store::{CHANGE_CHANNEL, UserStore},
+};
 
 /// Listens for changes and invalidates the cache; see the module docs.
 #[derive(Debug)]
@@ -40,54 +41,53 @@ impl ChangeFeed {
         ChangeFeed { store, cache }
     }
 
-    /// Listens until `stop`, reconnecting with backoff; the cache is
-    /// suspended whenever the feed is not listening.
+    /// Listens until `stop`, reconnecting with backoff
+    /// ([`keep_connected`]); the cache is suspended whenever the feed is not
+    /// listening.
     pub async fn run(self, stop: CancellationToken) {
-        let mut backoff = RetryPolicy::reconnect().backoff();
-        loop {
-            self.cache.suspend();
-            let listening = tokio::select! {
-                listening = self.store.listen_for_changes() => listening,
-                () = stop.cancelled() => return,
-            };
-            match listening {
-                // SQLite: nothing to hear, and nobody else writes.
-                Ok(None) => {
-                    self.cache.resume();
-                    return;
-                }
-                Ok(Some(listener)) => {
-                    // Anything cached before now may predate a change that
-                    // was never heard: start from empty.
-                    self.cache.resume();
-                    tracing::info!(channel = CHANNEL, "read cache following changes");
-                    backoff = RetryPolicy::reconnect().backoff();
-                    if let Followed::Stopped = self.follow(listener, &stop).await {
-                        return;
-                    }
-                }
-                Err(error) => {
-                    metrics::counter!("user_cache_feed_errors_total").increment(1);
-                    tracing::warn!(%error, "cannot listen for user changes; read cache suspended");
-                }
+        keep_connected("change feed", self.store.url(), &stop, || {
+            self.session(&stop)
+        })
+        .await;
+    }
+
+    /// One connection: listen, then invalidate on every notification until
+    /// the connection is lost or `stop` fires.
+    async fn session(&self, stop: &CancellationToken) -> Result<Session, sqlx::Error> {
+        self.cache.suspend();
+        let listening = tokio::select! {
+            listening = self.store.listen_for_changes() => listening,
+            () = stop.cancelled() => return Ok(Session::Finished),
+        };
+        let listener = match listening {
+            // SQLite: nothing to hear, and nobody else writes.
+            Ok(None) => {
+                self.cache.resume();
+                return Ok(Session::Finished);
             }
-            let delay = backoff.next().unwrap_or_default();
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = stop.cancelled() => return,
+            Ok(Some(listener)) => listener,
+            Err(error) => {
+                // Stays suspended until a later attempt listens again.
+                metrics::counter!(USER_CACHE_FEED_ERRORS).increment(1);
+                return Err(error);
             }
-        }
+        };
+        // Anything cached before now may predate a change that was never
+        // heard: start from empty.
+        self.cache.resume();
+        tracing::info!(channel = CHANGE_CHANNEL, "read cache following changes");
+        Ok(self.follow(listener, stop).await)
     }
 
     /// Invalidates on every notification until the connection is lost or
     /// `stop` fires.
-    async fn follow(&self, mut listener: PgListener, stop: &CancellationToken) -> Followed {
+    async fn follow(&self, mut listener: PgListener, stop: &CancellationToken) -> Session {
         loop {
             let next = tokio::select! {
                 next = listener.try_recv() => next,
-                () = stop.cancelled() => return Followed::Stopped,
+                () = stop.cancelled() => return Session::Finished,
             };
-            let error = match next {
+            let reason = match next {
                 Ok(Some(notification)) => {
                     self.cache.invalidate(notification.payload());
                     continue;
@@ -96,27 +96,10 @@ impl ChangeFeed {
                 Ok(None) => "connection lost".to_string(),
                 Err(error) => error.to_string(),
             };
-            metrics::counter!("user_cache_feed_errors_total").increment(1);
-            tracing::warn!(error, "user change feed interrupted; read cache suspended");
-            return Followed::Lost;
+            // Until the next session listens, every read goes to the database.
+            self.cache.suspend();
+            metrics::counter!(USER_CACHE_FEED_ERRORS).increment(1);
+            return Session::Lost(format!("{reason}; read cache suspended"));
         }
     }
-}
-
-/// A connection of its own to the PostgreSQL at `url`, listening on
-/// [`CHANNEL`]. A lost connection shows as `Ok(None)` from `try_recv` at
-/// once: it does not reconnect inside `try_recv` (which would wait out its
-/// pool's 30 s acquire timeout while the database is down); the caller
-/// decides.
-pub async fn listen(url: &SecretUrl) -> Result<PgListener, sqlx::Error> {
-    let mut listener = PgListener::connect(url.expose()).await?;
-    listener.eager_reconnect(false);
-    listener.listen(CHANNEL).await?;
-    Ok(listener)
-}
-
-/// How following the feed ended.
-enum Followed {
-    Lost,
-    Stopped,
 }

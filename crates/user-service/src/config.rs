@@ -1,13 +1,14 @@
 //! The service's configuration: defaults < TOML file < environment.
 //!
-//! Every key is top level and snake_case; durations are milliseconds.
-//! Standard variables: `GRPC_ADDR`, `HTTP_ADDR`, `OPS_ADDR`, `DATABASE_URL`,
-//! `AMQP_URL`; any key also as `SWITCHYARD__<KEY>` (e.g.
-//! `SWITCHYARD__REQUEST_TIMEOUT_MS=5000`).
+//! Every key is top level and snake_case; durations are text with their
+//! unit (`request_timeout = "5s"`), and a key of the retired `*_ms` form is
+//! refused at load with the name of its replacement. Standard variables:
+//! `GRPC_ADDR`, `HTTP_ADDR`, `OPS_ADDR`, `DATABASE_URL`, `AMQP_URL`; any key
+//! also as `SWITCHYARD__<KEY>` (e.g. `SWITCHYARD__REQUEST_TIMEOUT=5s`).
 
 use std::{net::SocketAddr, time::Duration};
 
-use common::config::{ConfigError, SecretUrl, Validate, duration_ms};
+use common::config::{ConfigError, SecretUrl, Validate, duration};
 use serde::{Deserialize, Serialize};
 
 use crate::store::{Backend, sqlite_path};
@@ -38,27 +39,28 @@ pub struct Config {
     pub db_max_connections: u32,
     /// How long a query waits for a database connection before the call
     /// fails with `UNAVAILABLE`.
-    #[serde(with = "duration_ms", rename = "db_acquire_timeout_ms")]
+    #[serde(with = "duration")]
     pub db_acquire_timeout: Duration,
     /// Users `GetUser` keeps in memory; 0 turns the read cache off. Changes
     /// through any replica invalidate it (see `read_cache`).
     pub read_cache_capacity: usize,
     /// Longest a cached user is served without reading the database again.
-    #[serde(with = "duration_ms", rename = "read_cache_ttl_ms")]
+    #[serde(with = "duration")]
     pub read_cache_ttl: Duration,
     /// RabbitMQ, where the outbox relay publishes `data_sync` events.
     pub amqp_url: SecretUrl,
-    /// The queue of user change events (durable, no arguments, as the seed declares it).
+    /// The queue of user change events (durable, no arguments: the
+    /// declaration plain clients make, so theirs and ours agree).
     pub data_sync_queue: String,
     /// How often the relay looks for events left in the outbox (by a crash,
     /// a broker outage, or another replica) when no commit woke it.
-    #[serde(with = "duration_ms", rename = "outbox_poll_interval_ms")]
+    #[serde(with = "duration")]
     pub outbox_poll_interval: Duration,
     /// Events the relay reads per round trip to the database.
     pub outbox_batch_size: u32,
     /// Server-side deadline of a call; a caller's shorter `grpc-timeout`
     /// wins. Also bounds each JSON gateway request.
-    #[serde(with = "duration_ms", rename = "request_timeout_ms")]
+    #[serde(with = "duration")]
     pub request_timeout: Duration,
     /// Largest gRPC message accepted or sent, in bytes; larger requests are
     /// refused with `OUT_OF_RANGE` before they are decoded. Also the JSON
@@ -66,10 +68,10 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// On shutdown, how long health reports `NOT_SERVING` while calls are
     /// still answered, so load balancers stop sending new work first.
-    #[serde(with = "duration_ms", rename = "drain_delay_ms")]
+    #[serde(with = "duration")]
     pub drain_delay: Duration,
     /// On shutdown, how long in-flight calls may take to finish.
-    #[serde(with = "duration_ms", rename = "shutdown_grace_ms")]
+    #[serde(with = "duration")]
     pub shutdown_grace: Duration,
 }
 
@@ -136,9 +138,9 @@ impl Validate for Config {
             ));
         }
         for (key, value) in [
-            ("request_timeout_ms", self.request_timeout),
-            ("outbox_poll_interval_ms", self.outbox_poll_interval),
-            ("db_acquire_timeout_ms", self.db_acquire_timeout),
+            ("request_timeout", self.request_timeout),
+            ("outbox_poll_interval", self.outbox_poll_interval),
+            ("db_acquire_timeout", self.db_acquire_timeout),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::invalid(key, 0, "must be more than 0"));
@@ -157,23 +159,12 @@ impl Validate for Config {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use common::config::ConfigSource;
 
     use super::*;
 
     fn load(env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        ConfigSource {
-            file: None,
-            env_keys: ENV_KEYS.to_vec(),
-            env: Some(
-                env.iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect::<HashMap<_, _>>(),
-            ),
-        }
-        .load()
+        ConfigSource::isolated(None, &ENV_KEYS, env).load()
     }
 
     #[test]
@@ -183,7 +174,7 @@ mod tests {
         let config = load(&[
             ("DATABASE_URL", "postgres://postgres@db:5432/users"),
             ("GRPC_ADDR", "127.0.0.1:6000"),
-            ("SWITCHYARD__REQUEST_TIMEOUT_MS", "2500"),
+            ("SWITCHYARD__REQUEST_TIMEOUT", "2500ms"),
             ("SWITCHYARD__DATA_SYNC_QUEUE", "data_sync_test"),
         ])
         .unwrap();
@@ -199,8 +190,27 @@ mod tests {
         assert!(error.to_string().contains("database_url"), "{error}");
         let error = load(&[("DATABASE_URL", "sqlite::memory:")]).unwrap_err();
         assert!(error.to_string().contains("in-memory"), "{error}");
-        let error = load(&[("SWITCHYARD__REQUEST_TIMEOUT_MS", "0")]).unwrap_err();
-        assert!(error.to_string().contains("request_timeout_ms"), "{error}");
+        let error = load(&[("SWITCHYARD__REQUEST_TIMEOUT", "0")]).unwrap_err();
+        assert!(error.to_string().contains("request_timeout"), "{error}");
+        let error = load(&[("SWITCHYARD__READ_CACHE_TTL", "5")]).unwrap_err();
+        assert!(error.to_string().contains("no unit"), "{error}");
+    }
+
+    #[test]
+    fn durations_are_written_with_their_unit() {
+        let file = tempfile::NamedTempFile::with_suffix(".toml").unwrap();
+        std::fs::write(
+            file.path(),
+            "shutdown_grace = \"45s\"\ndrain_delay = \"1m30s\"\nread_cache_ttl = \"250ms\"\n",
+        )
+        .unwrap();
+        let config: Config =
+            ConfigSource::isolated(Some(file.path().to_path_buf()), &ENV_KEYS, &[])
+                .load()
+                .unwrap();
+        assert_eq!(config.shutdown_grace, Duration::from_secs(45));
+        assert_eq!(config.drain_delay, Duration::from_secs(90));
+        assert_eq!(config.read_cache_ttl, Duration::from_millis(250));
     }
 
     #[test]

@@ -7,10 +7,11 @@ use std::{
     sync::{Arc, OnceLock},
 };
 
+use common::clock::now_millis;
 use tokio::sync::Notify;
 
 use crate::{
-    domain::{PageRequest, User, UserFields, encode_page_token, now_ms, validate_id},
+    domain::{PageRequest, User, UserFields, encode_page_token, validate_id},
     error::UserError,
     events::{DataSyncEvent, EventKind},
     read_cache::ReadCache,
@@ -102,7 +103,7 @@ impl UserDirectory {
         validate_id("user_id", id)?;
         let fields = UserFields::new(name, age, email)?;
         let store = self.ready_store()?;
-        let now = now_ms();
+        let now = now_millis();
         let user = User {
             id: id.to_string(),
             name: fields.name,
@@ -135,7 +136,7 @@ impl UserDirectory {
             .update(
                 id,
                 &fields,
-                now_ms(),
+                now_millis(),
                 |user| DataSyncEvent::upserted(EventKind::UserUpdated, user),
                 current_traceparent().as_deref(),
             )
@@ -148,7 +149,7 @@ impl UserDirectory {
     /// Deletes a user; `NotFound` when absent.
     pub async fn delete(&self, id: &str) -> Result<(), UserError> {
         validate_id("user_id", id)?;
-        let event = DataSyncEvent::deleted(id, now_ms());
+        let event = DataSyncEvent::deleted(id, now_millis());
         let deleted = self
             .ready_store()?
             .delete(id, &event, current_traceparent().as_deref())

@@ -1,4 +1,5 @@
-//! The `data_sync` events: the seed's JSON, with an id and a time added.
+//! The `data_sync` events: the JSON of the original design (`event` and
+//! `data`, what plain consumers read), with an id and a time added.
 //!
 //! ```json
 //! {"event": "user_created",
@@ -107,7 +108,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn created_events_have_the_seed_shape() {
+    fn created_events_have_the_shape_plain_consumers_read() {
         let user = User {
             id: "u-1001".into(),
             name: "Alice".into(),

@@ -1,5 +1,5 @@
-//! The JSON-over-HTTP gateway for external clients (the seed's advice for
-//! public APIs): the same directory, validation and error mapping as gRPC.
+//! The JSON-over-HTTP gateway for external clients (the original design's
+//! advice for public APIs): the same directory, validation and error mapping as gRPC.
 //!
 //! | request                                   | success                      |
 //! |-------------------------------------------|------------------------------|

@@ -1,28 +1,13 @@
-//! `user-service` binary: parse the command line, load the config, set up
-//! telemetry and signals, run the library.
+//! `user-service` binary: parse the command line, set up telemetry, load
+//! the config, run the library until SIGTERM or Ctrl-C.
 
-use std::path::PathBuf;
-
-use anyhow::Context as _;
-use clap::Parser;
-use common::{config::ConfigSource, shutdown::Shutdown};
+use common::service;
+use user_service::{Config, ENV_KEYS, run};
 
 /// The user directory over gRPC and JSON/HTTP.
-#[derive(Debug, Parser)]
-#[command(version)]
-struct Cli {
-    /// TOML config file (also `CONFIG_FILE`); the environment overrides it.
-    #[arg(long)]
-    config: Option<PathBuf>,
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let _telemetry = common::telemetry::init("user-service").context("cannot set up telemetry")?;
-    let config: user_service::Config =
-        ConfigSource::new(cli.config, &user_service::config::ENV_KEYS)
-            .load()
-            .context("cannot load the configuration")?;
-    user_service::run(config, Shutdown::on_signals()).await
+    // Cargo.toml's description speaks of user-cli too: `--help` has its own.
+    let command = clap::command!().about("The user directory over gRPC and JSON/HTTP.");
+    service::start::<Config>(command, &ENV_KEYS)?.run(run).await
 }

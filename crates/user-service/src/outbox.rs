@@ -6,7 +6,7 @@
 //! the oldest rows, publishes each as a persistent JSON message to the
 //! `data_sync` queue on a channel in confirm mode, and deletes a row only
 //! after the broker confirmed its message. While RabbitMQ is down the rows
-//! wait and the relay reconnects with exponential backoff.
+//! wait and the relay reconnects with backoff (`common::reconnect`).
 //!
 //! Guarantee: **at-least-once after commit**. An event exists exactly when
 //! its change committed and is never dropped; it may be delivered twice (the
@@ -19,24 +19,31 @@
 //! only the replica holding the [`RelayLease`] relays and the others stand
 //! by, trying again every `poll_interval`; when the holder dies its lease
 //! frees itself and one of them takes over. So replicas do not publish the
-//! same rows twice. The holder also listens on the change feed's channel
-//! ([`crate::change_feed`]), so a change committed through any replica wakes
-//! it at once; polling is the fallback when that connection is down.
+//! same rows twice. The holder also listens for committed changes
+//! ([`UserStore::listen_for_changes`], the channel the read cache's change
+//! feed follows too), so a change committed through any replica wakes it at
+//! once; polling is the fallback when that connection is down.
 
 use std::{sync::Arc, time::Duration};
 
-use common::{config::SecretUrl, retry::RetryPolicy};
+use common::{
+    config::SecretUrl,
+    metrics::MESSAGES_PUBLISHED,
+    reconnect::{Session, keep_connected},
+};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
-    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
+    options::{BasicPublishOptions, ConfirmSelectOptions},
     types::{AMQPValue, FieldTable, LongString},
 };
 use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use workqueue::topology::declare_data_sync;
 
 use crate::{
     error::UserError,
+    metrics::OUTBOX_RELAY_LEADER,
     store::{PendingEvent, RelayLease, UserStore},
 };
 
@@ -100,51 +107,42 @@ impl OutboxRelay {
     /// Relays until `stop` fires; then publishes what is still pending if the
     /// broker is reachable, and returns. Whatever is left stays in the
     /// outbox for the next start.
+    ///
+    /// Reconnects to RabbitMQ with [`keep_connected`]; each session first
+    /// takes the [`RelayLease`] and drops it when it ends, so the lease is
+    /// free for another replica while this one waits to reconnect.
     pub async fn run(self, stop: CancellationToken) {
         let queue = self.settings.queue.as_str();
-        let mut backoff = RetryPolicy::reconnect().backoff();
-        let leader = metrics::gauge!("outbox_relay_leader");
-        loop {
-            if stop.is_cancelled() {
-                break;
-            }
-            let Some(mut lease) = self.wait_for_lease(&stop).await else {
-                break;
-            };
-            leader.set(1.0);
-            match self.connect().await {
-                Ok(link) => {
-                    tracing::info!(queue, "outbox relay connected to rabbitmq");
-                    backoff = RetryPolicy::reconnect().backoff();
-                    let mut changes = self.listen_for_changes().await;
-                    let outcome = self.relay(&link, &mut lease, &mut changes, &stop).await;
-                    // Closing politely lets the broker flush; errors here only
-                    // mean the connection is gone already.
-                    let _ = link
-                        .connection
-                        .close(200, "outbox relay stopping".into())
-                        .await;
-                    match outcome {
-                        Ok(()) => break,
-                        Err(error) => {
-                            tracing::warn!(error = %error, queue, "outbox relay interrupted, events wait in the outbox");
-                        }
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(error = %error, amqp_url = %self.settings.amqp_url, queue, "cannot reach rabbitmq, events wait in the outbox");
-                }
-            }
-            // Free for another replica while this one waits to reconnect.
-            drop(lease);
-            leader.set(0.0);
-            let delay = backoff.next().unwrap_or(RetryPolicy::reconnect().max_delay);
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = stop.cancelled() => break,
-            }
-        }
+        keep_connected("outbox relay", &self.settings.amqp_url, &stop, || {
+            self.session(&stop)
+        })
+        .await;
         tracing::info!(queue, "outbox relay stopped");
+    }
+
+    /// One relay session: the lease, a connection, batches until `stop` (a
+    /// last pass included) or until the broker or the lease is lost.
+    async fn session(&self, stop: &CancellationToken) -> Result<Session, RelayError> {
+        let queue = self.settings.queue.as_str();
+        let Some(mut lease) = self.wait_for_lease(stop).await else {
+            return Ok(Session::Finished);
+        };
+        let _leading = Leading::start();
+        let link = self.connect().await?;
+        tracing::info!(queue, "outbox relay connected to rabbitmq");
+        let mut changes = self.listen_for_changes().await;
+        let outcome = self.relay(&link, &mut lease, &mut changes, stop).await;
+        // Closing politely lets the broker flush; errors here only mean the
+        // connection is gone already.
+        let _ = link
+            .connection
+            .close(200, "outbox relay stopping".into())
+            .await;
+        Ok(match outcome {
+            Ok(()) => Session::Finished,
+            // Events wait in the outbox meanwhile.
+            Err(error) => Session::Lost(error.to_string()),
+        })
     }
 
     /// Waits until this replica may relay (at once on SQLite); `None` when
@@ -204,18 +202,7 @@ impl OutboxRelay {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        // Exactly the seed's declaration (durable, no arguments), so a
-        // seed-style consumer declaring the same queue agrees with us.
-        channel
-            .queue_declare(
-                self.settings.queue.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        declare_data_sync(&channel, &self.settings.queue).await?;
         Ok(AmqpLink {
             connection,
             channel,
@@ -330,8 +317,7 @@ impl OutboxRelay {
                     return Err(RelayError::Nacked(event.event_id.clone()));
                 }
             }
-            metrics::counter!("messages_published_total", "queue" => queue.to_string())
-                .increment(1);
+            metrics::counter!(MESSAGES_PUBLISHED, "queue" => queue.to_string()).increment(1);
             tracing::debug!(event_id = %event.event_id, event = %event.event, queue, "event published");
             if let Err(error) = self.remove(event).await {
                 // The row stays and is sent again later: a duplicate, never a loss.
@@ -343,6 +329,25 @@ impl OutboxRelay {
 
     async fn remove(&self, event: &PendingEvent) -> Result<(), UserError> {
         self.store.remove_event(event.id).await
+    }
+}
+
+/// `outbox_relay_leader` is 1 while a session holds the lease, 0 again when
+/// it ends (however it ends).
+#[derive(Debug)]
+struct Leading(metrics::Gauge);
+
+impl Leading {
+    fn start() -> Self {
+        let gauge = metrics::gauge!(OUTBOX_RELAY_LEADER);
+        gauge.set(1.0);
+        Leading(gauge)
+    }
+}
+
+impl Drop for Leading {
+    fn drop(&mut self) {
+        self.0.set(0.0);
     }
 }
 

@@ -31,7 +31,7 @@ use std::{
 
 use metrics::Counter;
 
-use crate::domain::User;
+use crate::{domain::User, metrics::USER_CACHE_LOOKUPS};
 
 /// Size and lifetime of the cache; a zero of either turns it off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,8 +76,8 @@ impl ReadCache {
         ReadCache {
             settings,
             state: Mutex::default(),
-            hits: metrics::counter!("user_cache_lookups_total", "result" => "hit"),
-            misses: metrics::counter!("user_cache_lookups_total", "result" => "miss"),
+            hits: metrics::counter!(USER_CACHE_LOOKUPS, "result" => "hit"),
+            misses: metrics::counter!(USER_CACHE_LOOKUPS, "result" => "miss"),
         }
     }
 

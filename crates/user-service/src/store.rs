@@ -35,6 +35,10 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 
 const USER_COLUMNS: &str = "id, name, age, email, created_at, updated_at";
 
+/// The PostgreSQL notification channel every committed change is announced
+/// on (see [`UserStore::listen_for_changes`]); the payload is the user id.
+pub const CHANGE_CHANNEL: &str = "user_changed";
+
 /// Which database a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -187,14 +191,27 @@ impl UserStore {
         self.backend
     }
 
-    /// A connection of its own listening for committed changes (see
-    /// [`crate::change_feed`]); `None` on SQLite, where only this process
-    /// writes.
+    /// The database URL (prints without its password).
+    pub fn url(&self) -> &SecretUrl {
+        &self.url
+    }
+
+    /// A connection of its own listening on [`CHANGE_CHANNEL`] for
+    /// committed changes (the read cache's change feed and the outbox relay
+    /// follow it); `None` on SQLite, where only this process writes.
+    ///
+    /// A lost connection shows as `Ok(None)` from `try_recv` at once: the
+    /// listener does not reconnect inside `try_recv` (which would wait out
+    /// its pool's 30 s acquire timeout while the database is down); the
+    /// caller decides.
     pub async fn listen_for_changes(&self) -> Result<Option<PgListener>, sqlx::Error> {
         if self.backend != Backend::Postgres {
             return Ok(None);
         }
-        crate::change_feed::listen(&self.url).await.map(Some)
+        let mut listener = PgListener::connect(self.url.expose()).await?;
+        listener.eager_reconnect(false);
+        listener.listen(CHANGE_CHANNEL).await?;
+        Ok(Some(listener))
     }
 
     /// Closes every connection; later queries fail as unavailable.
@@ -407,9 +424,9 @@ impl UserStore {
         Ok(())
     }
 
-    /// Tells every replica's change feed (and the outbox relay) that user
-    /// `id` changed, when (and only if) `tx` commits; see
-    /// [`crate::change_feed`]. SQLite has no other replica to tell.
+    /// Tells every replica's change listeners (the read cache's change feed,
+    /// the outbox relay) that user `id` changed, when (and only if) `tx`
+    /// commits. SQLite has no other replica to tell.
     async fn announce_change(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
@@ -420,7 +437,7 @@ impl UserStore {
         }
         // `pg_notify` returns `void`, a type the Any driver cannot carry.
         sqlx::query("SELECT 1 FROM pg_notify($1, $2)")
-            .bind(crate::change_feed::CHANNEL)
+            .bind(CHANGE_CHANNEL)
             .bind(id)
             .execute(&mut **tx)
             .await

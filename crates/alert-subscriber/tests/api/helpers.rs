@@ -1,14 +1,17 @@
 //! Test fixtures: alert-subscribers on the local NATS and RabbitMQ with
 //! subjects, streams and queues of their own (deleted afterwards), an alert
-//! collector, the binary as a child process for crash tests, and private
-//! nats-server / RabbitMQ nodes for restart tests.
+//! collector, series read from `/metrics`, the binary as a child process for
+//! crash tests, and private nats-server / RabbitMQ nodes for restart tests.
 
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -19,21 +22,14 @@ use common::{
     nats::DeliveryMode,
     proto::sensor::v1::{Alert, SensorReading},
     shutdown::Shutdown,
-    task::Task,
 };
 use futures::StreamExt;
-use lapin::{Connection, ConnectionProperties, options::BasicGetOptions};
-use task_producer::topology::Topology;
-pub(crate) use testkit::{NatsServer, RabbitNode, eventually, free_port, unique};
+use lapin::options::BasicGetOptions;
+pub(crate) use testkit::{
+    NatsServer, RabbitNode, amqp_url, eventually, free_port, http_get, nats_url, unique,
+};
 use tokio::task::JoinHandle;
-
-pub(crate) fn nats_url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
-
-pub(crate) fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
+use workqueue::{task::Task, topology::Topology};
 
 /// The names one test uses; its stream and queues are deleted on drop.
 #[derive(Debug)]
@@ -51,6 +47,14 @@ pub(crate) struct TestEnv {
 impl TestEnv {
     pub(crate) fn new() -> Self {
         Self::on(&nats_url(), &amqp_url())
+    }
+
+    /// Names on the shared NATS, with a RabbitMQ port nothing listens on.
+    pub(crate) fn without_rabbitmq() -> Self {
+        Self::on(
+            &nats_url(),
+            &format!("amqp://guest:guest@127.0.0.1:{}/%2f", free_port()),
+        )
     }
 
     pub(crate) fn on(nats_url: &str, amqp_url: &str) -> Self {
@@ -82,7 +86,7 @@ impl TestEnv {
             stream: self.stream.clone(),
             durable_name: self.durable.clone(),
             task_queue: self.task_queue.clone(),
-            drain_grace_ms: Duration::from_secs(20),
+            shutdown_grace: Duration::from_secs(20),
             ..Config::default()
         }
     }
@@ -101,13 +105,90 @@ impl TestEnv {
         async_nats::connect(&self.nats_url).await.unwrap()
     }
 
-    /// Takes every task from the test's queue: id -> task.
-    pub(crate) async fn take_tasks(&self, tasks: &mut BTreeMap<String, Task>) {
-        let connection = Connection::connect(&self.amqp_url, ConnectionProperties::default())
+    /// The arrange step most tests share: a subscriber started with
+    /// `config`, then a NATS client and the alerts collected on it.
+    pub(crate) async fn start_collecting(
+        &self,
+        config: Config,
+    ) -> (TestAlert, async_nats::Client, Alerts) {
+        let instance = TestAlert::start(config).await;
+        let client = self.nats().await;
+        let alerts = Alerts::collect(&client, &self.alerts).await;
+        (instance, client, alerts)
+    }
+
+    /// Publishes `reading(sensor, value, seq)` on this test's subjects as
+    /// protobuf, with the content-type header.
+    pub(crate) async fn publish_proto(
+        &self,
+        client: &async_nats::Client,
+        sensor: &str,
+        value: f64,
+        seq: u64,
+    ) {
+        publish(
+            client,
+            &self.readings,
+            &reading(sensor, value, seq),
+            Some(ContentType::Protobuf),
+        )
+        .await;
+    }
+
+    /// Publishes one critical reading (45.0, protobuf) on each of the sensors
+    /// `{prefix}-0` to `{prefix}-{count - 1}`.
+    pub(crate) async fn publish_critical(
+        &self,
+        client: &async_nats::Client,
+        prefix: &str,
+        count: usize,
+    ) {
+        for i in 0..count {
+            self.publish_proto(client, &format!("{prefix}-{i}"), 45.0, 1)
+                .await;
+        }
+    }
+
+    /// The JetStream context of `client`, with this test's sensor stream
+    /// created on it.
+    pub(crate) async fn sensor_stream(
+        &self,
+        client: &async_nats::Client,
+    ) -> async_nats::jetstream::Context {
+        let js = async_nats::jetstream::new(client.clone());
+        common::nats::ensure_sensor_stream(&js, &self.stream, &self.readings)
             .await
             .unwrap();
-        let channel = connection.create_channel().await.unwrap();
-        while let Ok(Some(message)) = channel
+        js
+    }
+
+    /// Waits until this test's durable consumer has no reading waiting for
+    /// its ack (and, with `none_pending`, none left to deliver either).
+    pub(crate) async fn wait_until_acked(
+        &self,
+        js: &async_nats::jetstream::Context,
+        timeout: Duration,
+        none_pending: bool,
+    ) {
+        let stream = js.get_stream(&self.stream).await.unwrap();
+        let consumer: async_nats::jetstream::consumer::PullConsumer =
+            stream.get_consumer(&self.durable).await.unwrap();
+        eventually("every reading acked", timeout, || {
+            let mut consumer = consumer.clone();
+            async move {
+                let info = consumer.info().await.ok()?;
+                (info.num_ack_pending == 0 && (!none_pending || info.num_pending == 0))
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+
+    /// Takes every task from the test's queue: id -> task.
+    pub(crate) async fn take_tasks(&self, tasks: &mut BTreeMap<String, Task>) {
+        let amqp = testkit::AmqpFixture::connect(&self.amqp_url).await;
+        while let Ok(Some(message)) = amqp
+            .channel
             .basic_get(
                 self.task_queue.as_str().into(),
                 BasicGetOptions { no_ack: true },
@@ -124,7 +205,7 @@ impl TestEnv {
                 .unwrap();
             tasks.insert(task.id.clone(), task);
         }
-        let _ = connection.close(200, "done".into()).await;
+        let _ = amqp.connection.close(200, "done".into()).await;
     }
 }
 
@@ -155,30 +236,17 @@ impl Drop for TestEnv {
         let stream = self.stream.clone();
         let queue = self.task_queue.clone();
         let _ = std::fs::remove_dir_all(&self.dir);
-        // Drop cannot await; a short-lived runtime on another thread can.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let cleanup = async {
-                    if let Ok(client) = async_nats::connect(nats_url).await {
-                        let _ = async_nats::jetstream::new(client)
-                            .delete_stream(&stream)
-                            .await;
-                    }
-                    if let Ok(connection) =
-                        Connection::connect(&amqp_url, ConnectionProperties::default()).await
-                        && let Ok(channel) = connection.create_channel().await
-                    {
-                        let _ = Topology::new(queue).delete(&channel).await;
-                    }
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(10), cleanup).await;
-            });
-        })
-        .join();
+        testkit::block_on_cleanup(async move {
+            let cleanup = async {
+                if let Ok(client) = async_nats::connect(nats_url).await {
+                    let _ = async_nats::jetstream::new(client)
+                        .delete_stream(&stream)
+                        .await;
+                }
+                testkit::delete_queues(&amqp_url, Topology::new(queue).queue_names()).await;
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(10), cleanup).await;
+        });
     }
 }
 
@@ -300,19 +368,66 @@ impl TestAlert {
     }
 
     pub(crate) fn received(&self) -> u64 {
-        self.counts
-            .received
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.counts.received.load(Ordering::Relaxed)
     }
 
-    pub(crate) async fn stop(self) -> HandoffSummary {
+    /// Waits (at most 20 s) until `count` alerts are held for RabbitMQ.
+    pub(crate) async fn wait_for_pending(&self, count: u64) {
+        let what = format!("{count} alerts held for rabbitmq");
+        wait_for_count(&what, &self.handoff.pending, count, Duration::from_secs(20)).await;
+    }
+
+    /// Waits (at most 60 s) until RabbitMQ confirmed `count` alerts.
+    pub(crate) async fn wait_for_confirmed(&self, count: u64) {
+        let what = format!("{count} alerts confirmed");
+        wait_for_count(
+            &what,
+            &self.handoff.confirmed,
+            count,
+            Duration::from_secs(60),
+        )
+        .await;
+    }
+
+    /// Fires the shutdown signal without waiting for the drain.
+    pub(crate) fn signal_shutdown(&self) {
         self.shutdown.trigger();
+    }
+
+    /// Fires the shutdown signal and waits until the service has drained.
+    pub(crate) async fn stop(self) -> HandoffSummary {
+        self.signal_shutdown();
         tokio::time::timeout(Duration::from_secs(40), self.task)
             .await
             .expect("the alert-subscriber drains and stops")
             .unwrap()
             .unwrap()
     }
+}
+
+/// Waits until `counter` reads `count`; fails naming `what` after `timeout`.
+async fn wait_for_count(what: &str, counter: &AtomicU64, count: u64, timeout: Duration) {
+    eventually(what, timeout, || async {
+        (counter.load(Ordering::Relaxed) == count).then_some(())
+    })
+    .await;
+}
+
+/// The value of one series (`name{labels}`, exactly as rendered) on the
+/// `/metrics` page at `addr`; `None` while it is absent.
+pub(crate) async fn metric(addr: SocketAddr, series: &str) -> Option<f64> {
+    let (status, body) = http_get(addr, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    series_value(&body, series)
+}
+
+/// The value of `series` in a Prometheus text page.
+pub(crate) fn series_value(page: &str, series: &str) -> Option<f64> {
+    page.lines().find_map(|line| {
+        line.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
+    })
 }
 
 /// The alert-subscriber binary as a child process, killed on drop.

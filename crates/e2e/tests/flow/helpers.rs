@@ -7,17 +7,9 @@ use e2e::{
     collector::{CollectedSpan, OtlpCollector},
     process::{Service, free_port},
 };
-use lapin::{Connection, ConnectionProperties};
-use task_producer::topology::Topology;
 pub(crate) use testkit::eventually;
-
-pub(crate) fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
-
-pub(crate) fn nats_url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
+use testkit::{amqp_url, nats_url};
+use workqueue::topology::Topology;
 
 /// Names and files of one test run; removes its queues and files on drop.
 pub(crate) struct Run {
@@ -32,7 +24,7 @@ pub(crate) struct Run {
 
 impl Run {
     pub(crate) async fn new() -> Self {
-        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let id = testkit::unique();
         let dir = std::env::temp_dir().join(format!("switchyard-e2e-{id}"));
         std::fs::create_dir_all(&dir).unwrap();
         Run {
@@ -152,40 +144,12 @@ spike_probability = 0.0
 
 impl Drop for Run {
     /// Deletes every queue this run's services declared, and its files, even
-    /// when the test failed half way. Drop cannot await, so the deletion runs
-    /// on a runtime of its own in a thread of its own.
+    /// when the test failed half way.
     fn drop(&mut self) {
         let mut queues = Topology::new(self.task_queue.clone()).queue_names();
         queues.push(self.data_sync_queue.clone());
         queues.push(format!("{}.dlq", self.data_sync_queue));
-        let cleanup = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            runtime.block_on(async move {
-                let Ok(connection) =
-                    Connection::connect(&amqp_url(), ConnectionProperties::default()).await
-                else {
-                    return;
-                };
-                for queue in queues {
-                    // A fresh channel per queue: a failed delete closes its channel.
-                    if let Ok(channel) = connection.create_channel().await {
-                        let _ = channel
-                            .queue_delete(
-                                queue.as_str().into(),
-                                lapin::options::QueueDeleteOptions::default(),
-                            )
-                            .await;
-                    }
-                }
-                let _ = connection.close(200, "e2e done".into()).await;
-            });
-        });
-        let _ = cleanup.join();
+        testkit::delete_queues_on_drop(amqp_url(), queues);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

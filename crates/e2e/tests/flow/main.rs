@@ -1,4 +1,4 @@
-//! DESIGN.md's flow end to end, with the real binaries on the local brokers:
+//! The flow of docs/ARCHITECTURE.md end to end, with the real binaries on the local brokers:
 //! a reading over threshold → alert → notify task → worker → GetUser →
 //! notification recorded, under ONE trace id across NATS, RabbitMQ and gRPC,
 //! as exported over OTLP.
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::proto::user::v1::CreateUserRequest;
 use helpers::{Run, crosses, eventually, metrics_text, services_in};
-use user_service::client::{ClientConfig, UserClient};
+use user_client::{ClientConfig, UserClient};
 
 const SERVICES: [&str; 4] = [
     "sensor-publisher",
@@ -24,6 +24,15 @@ async fn one_trace_runs_from_a_reading_to_the_notification() {
     let run = Run::new().await;
     let owner = format!("u-e2e-{}", run.id);
     let mut user_service = run.user_service();
+    // A busy machine may take seconds to start it: wait for it rather than
+    // spend the client's retries on a port nobody listens on yet.
+    eventually("user-service serving", Duration::from_secs(60), || async {
+        user_service
+            .log()
+            .contains("database ready, serving")
+            .then_some(())
+    })
+    .await;
     let client = UserClient::connect_lazy(ClientConfig {
         url: run.user_service_url(),
         timeout: Duration::from_secs(20),

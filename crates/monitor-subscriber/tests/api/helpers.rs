@@ -5,13 +5,8 @@ use std::{net::SocketAddr, time::Duration};
 
 use common::{config::SecretUrl, shutdown::Shutdown};
 use monitor_subscriber::{Application, Config, StatsHandle};
-pub(crate) use testkit::{eventually, unique};
+pub(crate) use testkit::{eventually, http_get, nats_url, unique};
 use tokio::task::JoinHandle;
-
-/// The shared NATS server of the machine (never stopped by tests).
-pub(crate) fn nats_url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
 
 /// Subjects of one test.
 #[derive(Debug, Clone)]
@@ -47,7 +42,7 @@ impl TestMonitor {
             ops_addr: "127.0.0.1:0".parse().unwrap(),
             subject_prefix: subjects.readings.clone(),
             stats_subject: subjects.stats.clone(),
-            summary_interval_ms: Duration::from_millis(500),
+            summary_interval: Duration::from_millis(500),
             ..Config::default()
         };
         let app = Application::build(config).await.unwrap();

@@ -12,7 +12,7 @@ use common::{
     proto::sensor::v1::SensorReading,
     shutdown::Shutdown,
 };
-use helpers::{Subjects, TestMonitor, nats_url};
+use helpers::{Subjects, TestMonitor, http_get, nats_url};
 use monitor_subscriber::stats::StatsReport;
 
 fn reading(sensor: &str, value: f64, seq: u64) -> SensorReading {
@@ -45,6 +45,26 @@ async fn publish(
         }
         None => client.publish(subject, payload.into()).await.unwrap(),
     }
+}
+
+/// Publishes `reading` encoded as `content_type`, with the header saying so.
+async fn publish_encoded(
+    client: &async_nats::Client,
+    subject: String,
+    reading: &SensorReading,
+    content_type: ContentType,
+) {
+    let payload = Codec::default().encode(reading, content_type).unwrap();
+    publish(client, subject, payload.to_vec(), Some(content_type.mime())).await;
+}
+
+/// The arrange step most tests share: subjects of their own, a monitor on
+/// them, and a client on the shared NATS to publish with.
+async fn start_monitor() -> (Subjects, TestMonitor, async_nats::Client) {
+    let subjects = Subjects::new();
+    let monitor = TestMonitor::start(&subjects).await;
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    (subjects, monitor, client)
 }
 
 #[tokio::test]
@@ -96,32 +116,21 @@ async fn fan_out_two_monitors_both_see_every_reading() {
 #[tokio::test]
 async fn protobuf_json_and_headerless_json_are_all_understood() {
     // Arrange
-    let subjects = Subjects::new();
-    let monitor = TestMonitor::start(&subjects).await;
-    let client = async_nats::connect(nats_url()).await.unwrap();
-    let codec = Codec::default();
+    let (subjects, monitor, client) = start_monitor().await;
 
     // Act
-    let proto = codec
-        .encode(&reading("p-1", 21.0, 1), ContentType::Protobuf)
-        .unwrap();
-    publish(
-        &client,
-        format!("{}.p-1", subjects.readings),
-        proto.to_vec(),
-        Some("application/protobuf"),
-    )
-    .await;
-    let json = codec
-        .encode(&reading("j-1", 22.0, 1), ContentType::Json)
-        .unwrap();
-    publish(
-        &client,
-        format!("{}.j-1", subjects.readings),
-        json.to_vec(),
-        Some("application/json"),
-    )
-    .await;
+    for (sensor, value, content_type) in [
+        ("p-1", 21.0, ContentType::Protobuf),
+        ("j-1", 22.0, ContentType::Json),
+    ] {
+        publish_encoded(
+            &client,
+            format!("{}.{sensor}", subjects.readings),
+            &reading(sensor, value, 1),
+            content_type,
+        )
+        .await;
+    }
     // An external client: no headers at all, only the required fields, on
     // the bare subject.
     let external = br#"{"sensor_id": "x-1", "kind": "temperature", "value": 23.5, "timestamp": 1700000000000}"#;
@@ -140,9 +149,7 @@ async fn protobuf_json_and_headerless_json_are_all_understood() {
 #[tokio::test]
 async fn a_bad_payload_among_good_ones_is_rejected_counted_and_skipped() {
     // Arrange
-    let subjects = Subjects::new();
-    let monitor = TestMonitor::start(&subjects).await;
-    let client = async_nats::connect(nats_url()).await.unwrap();
+    let (subjects, monitor, client) = start_monitor().await;
     let codec = Codec::default();
     let good = |seq| {
         codec
@@ -152,7 +159,7 @@ async fn a_bad_payload_among_good_ones_is_rejected_counted_and_skipped() {
     };
     let subject = format!("{}.t-1", subjects.readings);
 
-    // Act: the seed's own text payload, and garbage claiming to be Protobuf.
+    // Act: a plain client's text payload, and garbage claiming to be Protobuf.
     publish(&client, subject.clone(), good(1), None).await;
     publish(&client, subject.clone(), b"temperature=25.3".to_vec(), None).await;
     publish(&client, subject.clone(), good(2), None).await;
@@ -171,12 +178,12 @@ async fn a_bad_payload_among_good_ones_is_rejected_counted_and_skipped() {
     assert_eq!(report.totals.rejected, 2);
     assert_eq!(report.totals.readings, 3);
     assert_eq!(report.sensors["t-1"].last, 23.0);
-    let metrics = reqwest::get(format!("http://{}/metrics", monitor.ops_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (status, metrics) = http_get(monitor.ops_addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("# HELP messages_rejected_total "),
+        "described: {metrics}"
+    );
     assert!(
         metrics.contains(r#"messages_rejected_total{reason="invalid_json"}"#),
         "{metrics}"
@@ -191,34 +198,25 @@ async fn a_bad_payload_among_good_ones_is_rejected_counted_and_skipped() {
 #[tokio::test]
 async fn stats_answer_over_http_and_nats_request_reply_with_gaps_counted() {
     // Arrange
-    let subjects = Subjects::new();
-    let monitor = TestMonitor::start(&subjects).await;
-    let client = async_nats::connect(nats_url()).await.unwrap();
-    let codec = Codec::default();
+    let (subjects, monitor, client) = start_monitor().await;
     let subject = format!("{}.t-9", subjects.readings);
 
     // Act: seq 3 and 4 never arrive.
     for (value, seq) in [(10.0, 1), (20.0, 2), (30.0, 5), (40.0, 6)] {
-        let bytes = codec
-            .encode(&reading("t-9", value, seq), ContentType::Protobuf)
-            .unwrap();
-        publish(
+        publish_encoded(
             &client,
             subject.clone(),
-            bytes.to_vec(),
-            Some("application/protobuf"),
+            &reading("t-9", value, seq),
+            ContentType::Protobuf,
         )
         .await;
     }
     monitor.wait_for(4).await;
 
     // Assert
-    let over_http: StatsReport = reqwest::get(format!("http://{}/stats", monitor.ops_addr))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, body) = http_get(monitor.ops_addr, "/stats").await;
+    assert_eq!(status, 200, "{body}");
+    let over_http: StatsReport = serde_json::from_str(&body).unwrap();
     let reply = tokio::time::timeout(
         Duration::from_secs(10),
         client.request(subjects.stats.clone(), "".into()),

@@ -15,11 +15,12 @@ use common::{
     nats::DeliveryMode,
     propagation::TRACEPARENT,
     proto::sensor::v1::SensorReading,
-    shutdown::Shutdown,
 };
 use futures::StreamExt;
-use helpers::{NatsServer, StreamGuard, config, eventually, nats_url, unique};
-use sensor_publisher::Application;
+use helpers::{
+    NatsServer, Running, StreamGuard, config, eventually, http_get, nats_url, run_to_end,
+    subscribe_below,
+};
 
 /// Reads every message stored in `stream`: (sensor_id, seq) -> times stored.
 async fn stored_readings(
@@ -67,21 +68,13 @@ async fn stored_readings(
 #[tokio::test]
 async fn core_mode_publishes_protobuf_readings_with_headers_on_each_sensor_subject() {
     // Arrange
-    let suffix = unique();
-    let mut config = config(&nats_url(), &suffix);
+    let mut config = config(&nats_url());
     config.count = 40;
     let prefix = config.subject_prefix.clone();
-    let client = async_nats::connect(nats_url()).await.unwrap();
-    let mut subscriber = client.subscribe(format!("{prefix}.>")).await.unwrap();
-    client.flush().await.unwrap();
+    let (_client, mut subscriber) = subscribe_below(&nats_url(), &prefix).await;
 
     // Act
-    let summary = Application::build(config)
-        .await
-        .unwrap()
-        .run_until_stopped(Shutdown::new())
-        .await
-        .unwrap();
+    let summary = run_to_end(config).await;
 
     // Assert
     assert_eq!(summary.published, 40);
@@ -123,24 +116,13 @@ async fn core_mode_publishes_protobuf_readings_with_headers_on_each_sensor_subje
 #[tokio::test]
 async fn json_is_published_when_configured() {
     // Arrange
-    let suffix = unique();
-    let mut config = config(&nats_url(), &suffix);
+    let mut config = config(&nats_url());
     config.count = 5;
     config.content_type = ContentType::Json;
-    let client = async_nats::connect(nats_url()).await.unwrap();
-    let mut subscriber = client
-        .subscribe(format!("{}.>", config.subject_prefix))
-        .await
-        .unwrap();
-    client.flush().await.unwrap();
+    let (_client, mut subscriber) = subscribe_below(&nats_url(), &config.subject_prefix).await;
 
     // Act
-    Application::build(config)
-        .await
-        .unwrap()
-        .run_until_stopped(Shutdown::new())
-        .await
-        .unwrap();
+    run_to_end(config).await;
 
     // Assert
     let message = tokio::time::timeout(Duration::from_secs(10), subscriber.next())
@@ -160,8 +142,7 @@ async fn json_is_published_when_configured() {
 #[tokio::test]
 async fn jetstream_mode_stores_every_reading_once_with_a_message_id() {
     // Arrange
-    let suffix = unique();
-    let mut config = config(&nats_url(), &suffix);
+    let mut config = config(&nats_url());
     config.count = 400;
     config.mode = DeliveryMode::Jetstream;
     config.ack_window = 64;
@@ -172,12 +153,7 @@ async fn jetstream_mode_stores_every_reading_once_with_a_message_id() {
     let stream = config.stream.clone();
 
     // Act
-    let summary = Application::build(config)
-        .await
-        .unwrap()
-        .run_until_stopped(Shutdown::new())
-        .await
-        .unwrap();
+    let summary = run_to_end(config).await;
 
     // Assert
     assert_eq!(summary.published, 400);
@@ -192,8 +168,7 @@ async fn jetstream_mode_stores_every_reading_once_with_a_message_id() {
 async fn core_mode_survives_a_nats_restart_and_counts_what_it_could_not_send() {
     // Arrange
     let mut server = NatsServer::start().await;
-    let suffix = unique();
-    let mut config = config(&server.url(), &suffix);
+    let mut config = config(&server.url());
     config.rate_per_sec = 200.0;
     let prefix = config.subject_prefix.clone();
     let watcher = common::nats::connect(
@@ -207,10 +182,8 @@ async fn core_mode_survives_a_nats_restart_and_counts_what_it_could_not_send() {
     .await
     .unwrap();
     let mut subscriber = watcher.subscribe(format!("{prefix}.>")).await.unwrap();
-    let app = Application::build(config).await.unwrap();
-    let counts = app.counts();
-    let shutdown = Shutdown::new();
-    let running = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let running = Running::start(config).await;
+    let counts = running.counts.clone();
     tokio::time::timeout(Duration::from_secs(20), subscriber.next())
         .await
         .expect("readings before the restart");
@@ -223,6 +196,7 @@ async fn core_mode_survives_a_nats_restart_and_counts_what_it_could_not_send() {
         || async { (counts.unsent.load(Ordering::Relaxed) > 0).then_some(()) },
     )
     .await;
+    let (status, metrics) = http_get(running.ops_addr, "/metrics").await;
     server.restart().await;
     let published_after_restart = counts.published.load(Ordering::Relaxed);
 
@@ -240,26 +214,32 @@ async fn core_mode_survives_a_nats_restart_and_counts_what_it_could_not_send() {
             break;
         }
     }
-    shutdown.trigger();
-    let summary = running.await.unwrap().unwrap();
+    let summary = running.stop().await;
     assert!(summary.unsent > 0);
     assert!(summary.published > published_after_restart);
+    // The outage shows on /metrics, described.
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("# HELP readings_unsent_total Readings given up on"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"readings_unsent_total{reason=""#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
 async fn jetstream_mode_loses_nothing_it_reported_as_sent_across_a_restart() {
     // Arrange
     let mut server = NatsServer::start().await;
-    let suffix = unique();
-    let mut config = config(&server.url(), &suffix);
+    let mut config = config(&server.url());
     config.mode = DeliveryMode::Jetstream;
     config.rate_per_sec = 500.0;
-    config.publish_timeout_ms = Duration::from_millis(500);
+    config.publish_timeout = Duration::from_millis(500);
     let stream = config.stream.clone();
-    let app = Application::build(config).await.unwrap();
-    let counts = app.counts();
-    let shutdown = Shutdown::new();
-    let running = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let running = Running::start(config).await;
+    let counts = running.counts.clone();
     eventually("readings acknowledged", Duration::from_secs(20), || async {
         (counts.published.load(Ordering::Relaxed) > 100).then_some(())
     })
@@ -276,8 +256,7 @@ async fn jetstream_mode_loses_nothing_it_reported_as_sent_across_a_restart() {
         || async { (counts.published.load(Ordering::Relaxed) > before + 200).then_some(()) },
     )
     .await;
-    shutdown.trigger();
-    let summary = running.await.unwrap().unwrap();
+    let summary = running.stop().await;
 
     // Assert: every reading reported as published is in the stream, once.
     let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());

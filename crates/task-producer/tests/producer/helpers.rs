@@ -4,21 +4,15 @@
 use std::time::Duration;
 
 use common::{config::SecretUrl, shutdown::Shutdown};
-use lapin::{
-    Channel, Connection, ConnectionProperties, message::BasicGetMessage, options::BasicGetOptions,
-};
-use task_producer::topology::Topology;
-
-/// The shared RabbitMQ (`AMQP_URL` or the default local one).
-pub(crate) fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
+use task_producer::config::JobConfig;
+use testkit::AmqpFixture;
+pub(crate) use testkit::amqp_url;
+use workqueue::topology::Topology;
 
 /// A work queue with a unique base name; its queues are deleted on drop.
 pub(crate) struct TestQueues {
     pub(crate) topology: Topology,
-    pub(crate) connection: Connection,
-    pub(crate) channel: Channel,
+    pub(crate) amqp: AmqpFixture,
     pub(crate) shutdown: Shutdown,
 }
 
@@ -27,74 +21,53 @@ impl TestQueues {
         common::telemetry::init_for_tests();
         let base = format!("test.producer.{}", uuid::Uuid::new_v4().simple());
         let topology = Topology::new(base).with_retry_delays(tiers.iter().copied());
-        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
-            .await
-            .expect("the local rabbitmq");
-        let channel = connection.create_channel().await.unwrap();
         TestQueues {
             topology,
-            connection,
-            channel,
+            amqp: AmqpFixture::connect(&amqp_url()).await,
             shutdown: Shutdown::new(),
         }
     }
 
-    pub(crate) fn publisher_config(&self) -> task_producer::publisher::PublisherConfig {
-        task_producer::publisher::PublisherConfig {
+    pub(crate) fn publisher_config(&self) -> workqueue::publisher::PublisherConfig {
+        workqueue::publisher::PublisherConfig {
             amqp_url: SecretUrl::new(amqp_url()),
             queue: self.topology.task_queue().to_string(),
             ..Default::default()
         }
     }
 
-    /// Messages ready in `queue` (declares it passively).
-    pub(crate) async fn depth(&self, queue: &str) -> u32 {
-        testkit::queue_state(&self.channel, queue).await.0
+    /// A producer config for a job paced at `rate` tasks a second for
+    /// `duration`, onto these queues.
+    pub(crate) fn paced_job(&self, rate: f64, duration: Duration) -> task_producer::Config {
+        self.job_config(JobConfig {
+            rate,
+            duration,
+            ..JobConfig::default()
+        })
     }
 
-    /// Polls `queue` until `count` messages are ready, at most `within`.
-    pub(crate) async fn wait_for_depth(&self, queue: &str, count: u32, within: Duration) -> u32 {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let depth = self.depth(queue).await;
-            if depth >= count || tokio::time::Instant::now() > deadline {
-                return depth;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    /// Waits (at most 10 s) until `queue` holds `count` ready messages, and
+    /// checks that it still holds exactly that many.
+    pub(crate) async fn expect_depth(&self, queue: &str, count: u32) {
+        testkit::wait_for_depth(&self.amqp.channel, queue, count, Duration::from_secs(10)).await;
+        assert_eq!(self.amqp.depth(queue).await, count);
+    }
+
+    /// A producer config that runs `job` onto these queues, ops on port 0.
+    pub(crate) fn job_config(&self, job: JobConfig) -> task_producer::Config {
+        task_producer::Config {
+            amqp_url: SecretUrl::new(amqp_url()),
+            queue: self.topology.task_queue().to_string(),
+            ops_addr: "127.0.0.1:0".parse().unwrap(),
+            job,
+            ..task_producer::Config::default()
         }
-    }
-
-    /// Takes one message off `queue` (auto-ack), if any.
-    pub(crate) async fn get(&self, queue: &str) -> Option<BasicGetMessage> {
-        self.channel
-            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-            .await
-            .unwrap()
     }
 }
 
 impl Drop for TestQueues {
     fn drop(&mut self) {
         self.shutdown.trigger();
-        let topology = self.topology.clone();
-        // Drop cannot await: delete from a thread of its own, on its own
-        // connection, so a failed test still leaves the broker clean.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                if let Ok(connection) =
-                    Connection::connect(&amqp_url(), ConnectionProperties::default()).await
-                {
-                    if let Ok(channel) = connection.create_channel().await {
-                        let _ = topology.delete(&channel).await;
-                    }
-                    let _ = connection.close(200, "bye".into()).await;
-                }
-            });
-        })
-        .join();
+        testkit::delete_queues_on_drop(amqp_url(), self.topology.queue_names());
     }
 }

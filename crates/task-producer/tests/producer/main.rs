@@ -9,7 +9,6 @@ use common::{
     codec::{Codec, ContentType},
     config::SecretUrl,
     retry::Retryable,
-    task::Task,
 };
 use futures::future::join_all;
 use helpers::{TestQueues, amqp_url};
@@ -19,9 +18,11 @@ use lapin::{
     types::{AMQPValue, FieldTable},
 };
 use serde_json::json;
-use task_producer::{
-    job::JobConfig,
+use task_producer::config::JobConfig;
+use testkit::http_get;
+use workqueue::{
     publisher::{PublishError, PublisherConfig, TaskPublisher},
+    task::Task,
     topology::headers,
 };
 
@@ -42,6 +43,7 @@ async fn a_confirmed_task_is_persistent_and_self_describing() {
 
     // Assert
     let message = queues
+        .amqp
         .get(queues.topology.task_queue())
         .await
         .expect("the task is on the queue");
@@ -79,12 +81,8 @@ async fn many_publishes_share_the_window_and_all_are_confirmed() {
 
     // Assert
     assert!(results.iter().all(Result::is_ok), "{results:?}");
-    assert_eq!(
-        queues
-            .wait_for_depth(queues.topology.task_queue(), 500, Duration::from_secs(10))
-            .await,
-        500
-    );
+    let queue = queues.topology.task_queue();
+    queues.expect_depth(queue, 500).await;
     assert_eq!(publisher.stats().confirmed(), 500);
     assert_eq!(publisher.stats().failed(), 0);
 }
@@ -116,14 +114,15 @@ async fn an_unreachable_broker_is_a_retryable_timeout_not_a_hang() {
 }
 
 #[tokio::test]
-async fn a_seed_style_client_declares_our_queue_without_a_precondition_failure() {
+async fn a_plain_client_declares_our_queue_without_a_precondition_failure() {
     // Arrange: our topology first.
     let queues = TestQueues::new(&[Duration::from_millis(200)]).await;
-    queues.topology.declare(&queues.channel).await.unwrap();
+    queues.topology.declare(&queues.amqp.channel).await.unwrap();
 
-    // Act: exactly what the seed's Python client does.
-    let seed = queues.connection.create_channel().await.unwrap();
-    let declared = seed
+    // Act: exactly what a plain client (the original design's Python one)
+    // does: durable, no arguments.
+    let plain = queues.amqp.connection.create_channel().await.unwrap();
+    let declared = plain
         .queue_declare(
             queues.topology.task_queue().into(),
             QueueDeclareOptions::durable(),
@@ -139,10 +138,10 @@ async fn a_seed_style_client_declares_our_queue_without_a_precondition_failure()
 async fn a_retry_tier_returns_its_messages_to_the_work_queue_after_its_delay() {
     // Arrange
     let queues = TestQueues::new(&[Duration::from_millis(300), Duration::from_secs(30)]).await;
-    queues.topology.declare(&queues.channel).await.unwrap();
+    queues.topology.declare(&queues.amqp.channel).await.unwrap();
     let (short_tier, _) = queues.topology.retry_tier(1).unwrap();
     let (long_tier, _) = queues.topology.retry_tier(2).unwrap();
-    let channel = queues.connection.create_channel().await.unwrap();
+    let channel = queues.amqp.connection.create_channel().await.unwrap();
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await
@@ -168,11 +167,9 @@ async fn a_retry_tier_returns_its_messages_to_the_work_queue_after_its_delay() {
     }
 
     // Assert
-    let depth = queues
-        .wait_for_depth(queues.topology.task_queue(), 1, Duration::from_secs(10))
-        .await;
-    assert_eq!(depth, 1);
-    let message = queues.get(queues.topology.task_queue()).await.unwrap();
+    let queue = queues.topology.task_queue();
+    queues.expect_depth(queue, 1).await;
+    let message = queues.amqp.get(queues.topology.task_queue()).await.unwrap();
     assert_eq!(message.delivery.data, b"fast");
     let attempts = message
         .delivery
@@ -185,7 +182,7 @@ async fn a_retry_tier_returns_its_messages_to_the_work_queue_after_its_delay() {
         Some(AMQPValue::LongInt(1)),
         "headers survive the tier"
     );
-    assert_eq!(queues.depth(&long_tier).await, 1);
+    assert_eq!(queues.amqp.depth(&long_tier).await, 1);
 }
 
 #[tokio::test]
@@ -193,17 +190,13 @@ async fn the_job_publishes_and_confirms_every_task() {
     // Arrange
     let queues = TestQueues::new(&[]).await;
     let config = task_producer::Config {
-        amqp_url: SecretUrl::new(amqp_url()),
-        queue: queues.topology.task_queue().to_string(),
         content_type: ContentType::Json,
-        ops_addr: "127.0.0.1:0".parse().unwrap(),
-        job: JobConfig {
+        ..queues.job_config(JobConfig {
             count: 200,
             kind: "sleep".into(),
             payload: r#"{"ms": 1}"#.into(),
             ..JobConfig::default()
-        },
-        ..task_producer::Config::default()
+        })
     };
 
     // Act
@@ -216,13 +209,9 @@ async fn the_job_publishes_and_confirms_every_task() {
         (summary.published, summary.confirmed, summary.failed),
         (200, 200, 0)
     );
-    assert_eq!(
-        queues
-            .wait_for_depth(queues.topology.task_queue(), 200, Duration::from_secs(10))
-            .await,
-        200
-    );
-    let message = queues.get(queues.topology.task_queue()).await.unwrap();
+    let queue = queues.topology.task_queue();
+    queues.expect_depth(queue, 200).await;
+    let message = queues.amqp.get(queues.topology.task_queue()).await.unwrap();
     let task: Task = Codec::default()
         .decode_with_header(&message.delivery.data, Some("application/json"))
         .unwrap();
@@ -234,17 +223,7 @@ async fn the_job_publishes_and_confirms_every_task() {
 async fn a_paced_job_runs_for_its_duration() {
     // Arrange
     let queues = TestQueues::new(&[]).await;
-    let config = task_producer::Config {
-        amqp_url: SecretUrl::new(amqp_url()),
-        queue: queues.topology.task_queue().to_string(),
-        ops_addr: "127.0.0.1:0".parse().unwrap(),
-        job: JobConfig {
-            rate: 50.0,
-            duration: Duration::from_secs(1),
-            ..JobConfig::default()
-        },
-        ..task_producer::Config::default()
-    };
+    let config = queues.paced_job(50.0, Duration::from_secs(1));
 
     // Act
     let summary = task_producer::run(config, queues.shutdown.clone())
@@ -268,6 +247,7 @@ async fn a_deleted_queue_is_declared_again_instead_of_dropping_the_task() {
     let publisher = TaskPublisher::start(queues.publisher_config(), queues.shutdown.clone());
     publisher.publish(&sleep_task(1)).await.unwrap();
     queues
+        .amqp
         .channel
         .queue_delete(
             queues.topology.task_queue().into(),
@@ -283,7 +263,7 @@ async fn a_deleted_queue_is_declared_again_instead_of_dropping_the_task() {
         .expect("confirmed after redeclaring");
 
     // Assert
-    assert_eq!(queues.depth(queues.topology.task_queue()).await, 1);
+    assert_eq!(queues.amqp.depth(queues.topology.task_queue()).await, 1);
     assert!(publisher.stats().resent() >= 1);
 }
 
@@ -291,22 +271,27 @@ async fn a_deleted_queue_is_declared_again_instead_of_dropping_the_task() {
 async fn a_shutdown_stops_new_tasks_and_waits_for_the_confirms_in_flight() {
     // Arrange: a long paced job.
     let queues = TestQueues::new(&[]).await;
-    let config = task_producer::Config {
-        amqp_url: SecretUrl::new(amqp_url()),
-        queue: queues.topology.task_queue().to_string(),
-        ops_addr: "127.0.0.1:0".parse().unwrap(),
-        job: JobConfig {
-            rate: 200.0,
-            duration: Duration::from_secs(60),
-            ..JobConfig::default()
-        },
-        ..task_producer::Config::default()
-    };
+    let config = queues.paced_job(200.0, Duration::from_secs(60));
     let shutdown = common::shutdown::Shutdown::new();
-    let job = tokio::spawn(task_producer::run(config, shutdown.clone()));
+    let app = task_producer::Application::build(config).await.unwrap();
+    let ops_addr = app.ops_addr().expect("port 0 is always free");
+    let job = tokio::spawn(app.run_until_stopped(shutdown.clone()));
 
-    // Act
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Act: stop once tasks are being confirmed (on a busy machine the first
+    // connection may take a while; a stop before it proves nothing).
+    let queue = queues.topology.task_queue();
+    let series = format!(r#"messages_published_total{{queue="{queue}"}}"#);
+    let (status, metrics) =
+        testkit::eventually("confirms counted", Duration::from_secs(30), || async {
+            let (status, metrics) = http_get(ops_addr, "/metrics").await;
+            let confirmed = metrics
+                .lines()
+                .find_map(|line| line.strip_prefix(series.as_str()))
+                .and_then(|count| count.trim().parse::<f64>().ok())
+                .unwrap_or_default();
+            (confirmed > 0.0).then_some((status, metrics))
+        })
+        .await;
     shutdown.trigger();
     let summary = tokio::time::timeout(Duration::from_secs(10), job)
         .await
@@ -321,15 +306,13 @@ async fn a_shutdown_stops_new_tasks_and_waits_for_the_confirms_in_flight() {
     );
     assert_eq!(summary.confirmed, summary.published, "{summary}");
     assert_eq!(summary.failed, 0);
-    assert_eq!(
-        queues
-            .wait_for_depth(
-                queues.topology.task_queue(),
-                summary.confirmed as u32,
-                Duration::from_secs(10)
-            )
-            .await,
-        summary.confirmed as u32
+    let confirmed = summary.confirmed as u32;
+    queues.expect_depth(queue, confirmed).await;
+    // While it ran, /metrics counted the confirms, described.
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("# HELP messages_published_total"),
+        "{metrics}"
     );
 }
 
@@ -351,7 +334,7 @@ async fn an_oversize_task_is_refused_before_it_reaches_the_broker() {
         .publish(&sleep_task(1))
         .await
         .expect("the next one goes through");
-    assert_eq!(queues.depth(queues.topology.task_queue()).await, 1);
+    assert_eq!(queues.amqp.depth(queues.topology.task_queue()).await, 1);
 }
 
 #[tokio::test]
@@ -399,6 +382,7 @@ async fn the_binary_prints_a_summary_and_fails_when_tasks_are_not_confirmed() {
         &["--count", "2"],
     );
     let bad_flag = run(amqp_url(), &["--count", "1", "--payload", "[1]"]);
+    let bare_duration = run(amqp_url(), &["--rate", "20", "--duration", "30"]);
 
     // Assert
     let stdout = String::from_utf8_lossy(&ok.stdout);
@@ -407,7 +391,7 @@ async fn the_binary_prints_a_summary_and_fails_when_tasks_are_not_confirmed() {
         stdout.contains("published=25 confirmed=25 retried=0 failed=0"),
         "{stdout}"
     );
-    assert_eq!(queues.depth(queues.topology.task_queue()).await, 25);
+    assert_eq!(queues.amqp.depth(queues.topology.task_queue()).await, 25);
     let stdout = String::from_utf8_lossy(&unreachable.stdout);
     assert!(!unreachable.status.success());
     assert!(
@@ -419,4 +403,21 @@ async fn the_binary_prints_a_summary_and_fails_when_tasks_are_not_confirmed() {
         String::from_utf8_lossy(&bad_flag.stderr).contains("job.payload"),
         "the error names the key"
     );
+    assert!(!bare_duration.status.success());
+    let stderr = String::from_utf8_lossy(&bare_duration.stderr);
+    assert!(stderr.contains("no unit"), "{stderr}");
+
+    // A paced run for a duration written with its unit: about 20/s for 0.5 s.
+    let paced = run(
+        amqp_url(),
+        &["--count", "1000", "--rate", "20", "--duration", "500ms"],
+    );
+    let stdout = String::from_utf8_lossy(&paced.stdout);
+    assert!(paced.status.success(), "{stdout}");
+    let published: u64 = stdout
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("published="))
+        .and_then(|count| count.parse().ok())
+        .unwrap_or_else(|| panic!("no summary in {stdout}"));
+    assert!((5..=15).contains(&published), "{stdout}");
 }

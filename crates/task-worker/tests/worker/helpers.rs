@@ -1,8 +1,9 @@
 //! Shared set-up for the worker tests: the local RabbitMQ, queue sets of the
 //! test's own (deleted on drop), workers started in-process on port 0 or as
-//! the real binary, a RabbitMQ node of the test's own for restarts, and the
-//! few handlers a user never runs (one that fails on purpose, one that
-//! measures how many tasks run at once).
+//! the real binary, the real user-service, a RabbitMQ node of the test's own
+//! for restarts, publishing and header helpers, and the few handlers a user
+//! never runs (one that fails on purpose, one that measures how many tasks
+//! run at once, one that panics).
 
 use std::{
     collections::HashMap,
@@ -15,27 +16,29 @@ use std::{
     time::Duration,
 };
 
-use common::{codec::ContentType, config::SecretUrl, shutdown::Shutdown, task::Task};
-use futures::future::BoxFuture;
-use lapin::{
-    Channel, Connection, ConnectionProperties,
-    message::BasicGetMessage,
-    options::{BasicGetOptions, QueueDeleteOptions},
+use common::{
+    codec::ContentType,
+    config::{SecretUrl, duration},
+    shutdown::Shutdown,
 };
+use futures::future::BoxFuture;
+use lapin::{BasicProperties, types::AMQPValue};
 use serde_json::json;
-use task_producer::publisher::{PublisherConfig, TaskPublisher};
 use task_worker::{
-    Config, Worker,
+    Application, Config,
     events::{TaskEvent, TaskOutcome},
     handler::{HandlerError, TaskHandler},
 };
-pub(crate) use testkit::RabbitNode;
+use testkit::AmqpFixture;
+pub(crate) use testkit::{RabbitNode, amqp_url};
 use tokio::{sync::broadcast, task::JoinHandle};
+use workqueue::{
+    publisher::{PublisherConfig, TaskPublisher},
+    task::Task,
+};
 
-/// The shared RabbitMQ (`AMQP_URL` or the default local one).
-pub(crate) fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
+/// How long a test waits for a condition before it fails.
+pub(crate) const WAIT: Duration = Duration::from_secs(30);
 
 /// A work queue and a data_sync queue with unique names on one broker;
 /// every queue is deleted on drop.
@@ -45,8 +48,7 @@ pub(crate) struct TestQueues {
     pub(crate) data_sync: String,
     pub(crate) max_attempts: u32,
     pub(crate) retry_base: Duration,
-    pub(crate) connection: Connection,
-    pub(crate) channel: Channel,
+    pub(crate) amqp: AmqpFixture,
 }
 
 impl TestQueues {
@@ -59,25 +61,22 @@ impl TestQueues {
     pub(crate) async fn on(url: &str, max_attempts: u32, retry_base: Duration) -> Self {
         common::telemetry::init_for_tests();
         let suffix = uuid::Uuid::new_v4().simple().to_string();
-        let connection = connect(url).await;
-        let channel = connection.create_channel().await.unwrap();
         let queues = TestQueues {
             url: url.to_string(),
             queue: format!("test.worker.{suffix}"),
             data_sync: format!("test.data_sync.{suffix}"),
             max_attempts,
             retry_base,
-            connection,
-            channel,
+            amqp: AmqpFixture::connect(url).await,
         };
         // Declared up front so tests can publish before a worker starts.
         queues
             .config()
             .topology()
-            .declare(&queues.channel)
+            .declare(&queues.amqp.channel)
             .await
             .unwrap();
-        task_producer::topology::declare_data_sync(&queues.channel, &queues.data_sync)
+        workqueue::topology::declare_data_sync(&queues.amqp.channel, &queues.data_sync)
             .await
             .unwrap();
         queues
@@ -95,6 +94,14 @@ impl TestQueues {
             shutdown_grace: Duration::from_secs(20),
             ops_addr: "127.0.0.1:0".parse().unwrap(),
             ..Config::default()
+        }
+    }
+
+    /// [`TestQueues::config`] with `concurrency` tasks at once.
+    pub(crate) fn config_with_concurrency(&self, concurrency: usize) -> Config {
+        Config {
+            concurrency,
+            ..self.config()
         }
     }
 
@@ -120,74 +127,30 @@ impl TestQueues {
         )
     }
 
-    /// Messages ready in `queue`.
-    pub(crate) async fn depth(&self, queue: &str) -> u32 {
-        testkit::queue_state(&self.channel, queue).await.0
+    /// Waits until `queue` holds `count` ready messages; fails after [`WAIT`].
+    pub(crate) async fn wait_for_depth(&self, queue: &str, count: u32) {
+        testkit::wait_for_depth(&self.amqp.channel, queue, count, WAIT).await;
     }
 
-    /// Polls until `queue` holds `count` ready messages, at most 30 s.
-    pub(crate) async fn wait_for_depth(&self, queue: &str, count: u32) -> u32 {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let depth = self.depth(queue).await;
-            if depth == count || tokio::time::Instant::now() > deadline {
-                return depth;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Takes one message off `queue` (auto-ack).
-    pub(crate) async fn get(&self, queue: &str) -> Option<BasicGetMessage> {
-        self.channel
-            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-            .await
-            .unwrap()
+    /// Waits until `queue` has `count` consumers; fails after [`WAIT`].
+    pub(crate) async fn wait_for_consumers(&self, queue: &str, count: u32) {
+        testkit::wait_for_consumers(&self.amqp.channel, queue, count, WAIT).await;
     }
 
     fn names(&self) -> Vec<String> {
         let mut names = self.config().topology().queue_names();
         names.push(self.data_sync.clone());
-        names.push(task_worker::data_sync::dead_letter_queue(&self.data_sync));
+        names.push(workqueue::topology::data_sync_dead_letter_queue(
+            &self.data_sync,
+        ));
         names
     }
 }
 
 impl Drop for TestQueues {
     fn drop(&mut self) {
-        let names = self.names();
-        let url = self.url.clone();
-        // Drop cannot await: delete on a connection of its own in a thread,
-        // so a failed test still leaves the broker clean.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let Ok(connection) =
-                    Connection::connect(&url, ConnectionProperties::default()).await
-                else {
-                    return;
-                };
-                for name in names {
-                    if let Ok(channel) = connection.create_channel().await {
-                        let _ = channel
-                            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-                            .await;
-                    }
-                }
-                let _ = connection.close(200, "bye".into()).await;
-            });
-        })
-        .join();
+        testkit::delete_queues_on_drop(self.url.clone(), self.names());
     }
-}
-
-pub(crate) async fn connect(url: &str) -> Connection {
-    Connection::connect(url, ConnectionProperties::default())
-        .await
-        .expect("a running rabbitmq")
 }
 
 /// A worker running in-process.
@@ -207,14 +170,14 @@ impl TestWorker {
         config: Config,
         handlers: Vec<(&str, Arc<dyn TaskHandler>)>,
     ) -> Self {
-        let mut worker = Worker::build(config).await.expect("worker builds");
+        let mut worker = Application::build(config).await.expect("worker builds");
         for (kind, handler) in handlers {
             worker = worker.with_handler(kind, handler);
         }
         Self::run(worker)
     }
 
-    pub(crate) fn run(worker: Worker) -> Self {
+    pub(crate) fn run(worker: Application) -> Self {
         let events = worker.subscribe();
         let ops_addr = worker.ops_addr();
         let shutdown = Shutdown::new();
@@ -277,6 +240,31 @@ pub(crate) fn task(kind: &str, payload: serde_json::Value) -> Task {
 
 pub(crate) fn sleep_task(ms: u64) -> Task {
     task("sleep", json!({ "ms": ms }))
+}
+
+/// Publishes `tasks` through a confirmed publisher; every one confirmed.
+pub(crate) async fn publish_all(queues: &TestQueues, tasks: &[Task], content_type: ContentType) {
+    let shutdown = Shutdown::new();
+    let publisher = queues.publisher(content_type, &shutdown);
+    let results = futures::future::join_all(tasks.iter().map(|t| publisher.publish(t))).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    shutdown.trigger();
+}
+
+/// The AMQP header `name` of a message.
+pub(crate) fn header<'a>(properties: &'a BasicProperties, name: &str) -> Option<&'a AMQPValue> {
+    properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(name))
+}
+
+/// The text of the AMQP header `name`; panics when absent or not text.
+pub(crate) fn header_text(properties: &BasicProperties, name: &str) -> String {
+    match header(properties, name) {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        other => panic!("header {name}: {other:?}"),
+    }
 }
 
 /// A handler that fails transiently `failures` times per task, then succeeds.
@@ -356,14 +344,17 @@ impl TaskHandler for SlowSleep {
 pub(crate) struct WorkerProcess {
     pub(crate) child: tokio::process::Child,
     pub(crate) log: Arc<Mutex<Vec<serde_json::Value>>>,
+    /// Its ops endpoint (`/metrics`), on a port that was free at spawn.
+    pub(crate) ops_addr: std::net::SocketAddr,
     reader: JoinHandle<()>,
 }
 
 impl WorkerProcess {
     pub(crate) fn spawn(queues: &TestQueues, concurrency: usize) -> Self {
+        let ops_addr = testkit::free_addr();
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_task-worker"))
             .env("AMQP_URL", &queues.url)
-            .env("OPS_ADDR", "127.0.0.1:0")
+            .env("OPS_ADDR", ops_addr.to_string())
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
             .env("SWITCHYARD__QUEUE", &queues.queue)
@@ -371,14 +362,14 @@ impl WorkerProcess {
             .env("SWITCHYARD__CONCURRENCY", concurrency.to_string())
             .env("SWITCHYARD__MAX_ATTEMPTS", queues.max_attempts.to_string())
             .env(
-                "SWITCHYARD__RETRY_BASE_DELAY_MS",
-                queues.retry_base.as_millis().to_string(),
+                "SWITCHYARD__RETRY_BASE_DELAY",
+                duration::format(queues.retry_base),
             )
             .env(
-                "SWITCHYARD__RETRY_MAX_DELAY_MS",
-                (queues.retry_base * 8).as_millis().to_string(),
+                "SWITCHYARD__RETRY_MAX_DELAY",
+                duration::format(queues.retry_base * 8),
             )
-            .env("SWITCHYARD__SHUTDOWN_GRACE_MS", "20000")
+            .env("SWITCHYARD__SHUTDOWN_GRACE", "20s")
             .env_remove("CONFIG_FILE")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -397,7 +388,12 @@ impl WorkerProcess {
                 }
             }
         });
-        WorkerProcess { child, log, reader }
+        WorkerProcess {
+            child,
+            log,
+            ops_addr,
+            reader,
+        }
     }
 
     /// Ids of the tasks the process logged as done.
@@ -411,22 +407,15 @@ impl WorkerProcess {
             .collect()
     }
 
-    /// Polls until the process logged `message`, at most 30 s.
+    /// Waits until the process logged `wanted`; fails after [`WAIT`].
     pub(crate) async fn wait_for_log(&self, wanted: &str) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while tokio::time::Instant::now() < deadline {
-            if self
-                .log
-                .lock()
-                .unwrap()
-                .iter()
+        testkit::eventually(&format!("the log line {wanted:?}"), WAIT, || async {
+            let log = self.log.lock().unwrap();
+            log.iter()
                 .any(|line| message(line) == Some(wanted))
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("the worker process never logged {wanted:?}");
+                .then_some(())
+        })
+        .await;
     }
 
     /// Sends `signal` (`-TERM`, `-KILL`) to the process.
@@ -468,18 +457,11 @@ fn field(line: &serde_json::Value, name: &str) -> Option<String> {
         .and_then(|v| v.as_str().map(String::from))
 }
 
-/// A one-shot HTTP GET on the ops port; the body.
-pub(crate) async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default()
+/// The body of `GET path` on an ops port, which must answer 200.
+pub(crate) async fn ops_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let (status, body) = testkit::http_get(addr, path).await;
+    assert_eq!(status, 200, "GET {path}: {body}");
+    body
 }
 
 /// The real user-service, in-process, on a SQLite file of its own; its
@@ -499,6 +481,26 @@ impl UserServiceApp {
             uuid::Uuid::new_v4().simple()
         ));
         std::fs::create_dir_all(&dir).unwrap();
+        Self::start_in(dir, grpc_addr, queues).await
+    }
+
+    /// Starts it on `grpc_addr` with the user `(id, name, email)` already in
+    /// its database: whoever calls that address first finds the user there
+    /// (the user is created by a first run of the service on a port nobody
+    /// else knows, over the same database file).
+    pub(crate) async fn start_with_user(
+        grpc_addr: std::net::SocketAddr,
+        queues: &TestQueues,
+        (user_id, name, email): (&str, &str, &str),
+    ) -> Self {
+        let mut seeding = Self::start("127.0.0.1:0".parse().unwrap(), queues).await;
+        seeding.create_user(user_id, name, email).await;
+        let dir = std::mem::take(&mut seeding.dir);
+        seeding.stop().await;
+        Self::start_in(dir, grpc_addr, queues).await
+    }
+
+    async fn start_in(dir: PathBuf, grpc_addr: std::net::SocketAddr, queues: &TestQueues) -> Self {
         let config = user_service::Config {
             grpc_addr,
             http_addr: "127.0.0.1:0".parse().unwrap(),
@@ -530,14 +532,13 @@ impl UserServiceApp {
 
     /// Creates a user through the real client, retrying while the server starts.
     pub(crate) async fn create_user(&self, user_id: &str, name: &str, email: &str) {
-        let client =
-            user_service::client::UserClient::connect_lazy(user_service::client::ClientConfig {
-                url: self.url(),
-                ..Default::default()
-            })
-            .unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
+        let client = user_client::UserClient::connect_lazy(user_client::ClientConfig {
+            url: self.url(),
+            ..Default::default()
+        })
+        .unwrap();
+        let client = &client;
+        testkit::eventually(&format!("user {user_id} created"), WAIT, || async move {
             let created = client
                 .create_user(common::proto::user::v1::CreateUserRequest {
                     user_id: user_id.into(),
@@ -546,15 +547,11 @@ impl UserServiceApp {
                     email: email.into(),
                 })
                 .await;
-            match created {
-                Ok(_) => return,
-                Err(error) if tokio::time::Instant::now() < deadline => {
-                    tracing::debug!(%error, "user-service not ready yet");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(error) => panic!("cannot create {user_id}: {error}"),
-            }
-        }
+            created
+                .inspect_err(|error| tracing::debug!(%error, "user-service not ready yet"))
+                .ok()
+        })
+        .await;
     }
 
     pub(crate) async fn stop(mut self) {
@@ -568,32 +565,11 @@ impl UserServiceApp {
 impl Drop for UserServiceApp {
     fn drop(&mut self) {
         self.shutdown.trigger();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Consumers on `queue` right now.
-pub(crate) async fn consumers(queues: &TestQueues, queue: &str) -> u32 {
-    testkit::queue_state(&queues.channel, queue).await.1
-}
-
-/// Polls until `queue` has `count` consumers, at most 30 s.
-pub(crate) async fn wait_for_consumers(queues: &TestQueues, queue: &str, count: u32) -> u32 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let now = consumers(queues, queue).await;
-        if now == count || tokio::time::Instant::now() > deadline {
-            return now;
+        // Empty when the directory was handed on to the next run.
+        if !self.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-pub(crate) fn free_local_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 /// A handler with a bug: it panics.

@@ -21,7 +21,7 @@ use std::{process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 use common::proto::user::v1::{CreateUserRequest, GetUserResponse, UpdateUserRequest};
 use serde_json::json;
-use user_service::client::{ClientConfig, ClientError, UserClient};
+use user_client::{ClientConfig, ClientError, UserClient};
 
 /// Manage the users of a user-service.
 #[derive(Debug, Parser)]
@@ -38,9 +38,10 @@ struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
-    /// Overall deadline of each call, retries included, in milliseconds.
-    #[arg(long, default_value_t = 5000, global = true)]
-    timeout_ms: u64,
+    /// Overall deadline of each call, retries included, with its unit
+    /// (`500ms`, `5s`).
+    #[arg(long, default_value = "5s", value_parser = common::config::duration::parse, global = true)]
+    timeout: Duration,
     #[command(subcommand)]
     command: Command,
 }
@@ -104,7 +105,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let client = match UserClient::connect_lazy(ClientConfig {
         url: cli.url.clone(),
-        timeout: Duration::from_millis(cli.timeout_ms),
+        timeout: cli.timeout,
         ..ClientConfig::default()
     }) {
         Ok(client) => client,

@@ -93,8 +93,8 @@ async fn failures_have_messages_and_exit_codes() {
         "missing --age is a usage error"
     );
 
-    let down = format!("http://127.0.0.1:{}", free_port().await);
-    let unreachable = user_cli(&down, &["--timeout-ms", "1000", "get", "u-1"]).await;
+    let down = format!("http://127.0.0.1:{}", free_port());
+    let unreachable = user_cli(&down, &["--timeout", "1s", "get", "u-1"]).await;
     assert_eq!(unreachable.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&unreachable.stderr).into_owned();
     assert!(

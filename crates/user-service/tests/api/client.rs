@@ -8,9 +8,9 @@ use common::{
     proto::user::v1::{CreateUserRequest, UpdateUserRequest},
     retry::RetryPolicy,
 };
-use user_service::client::{ClientConfig, ClientError, UserClient};
+use user_client::{ClientConfig, ClientError, UserClient};
 
-use crate::helpers::{Db, TestApp, TestDatabase, TestQueue, free_port, test_config, wait_for};
+use crate::helpers::{Db, TestApp, TestDatabase, TestQueue, eventually, free_port, test_config};
 
 fn client_for(
     url: String,
@@ -122,7 +122,7 @@ async fn a_server_that_comes_up_within_the_deadline_is_reached() {
     let app = TestApp::spawn(Db::Sqlite).await;
     app.create_user("u-1001", "Alice", 30).await;
     let (db, queue) = app.stop().await;
-    let port = free_port().await;
+    let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let down = client_for(
         url.clone(),
@@ -162,7 +162,7 @@ async fn a_server_that_comes_up_within_the_deadline_is_reached() {
 async fn the_deadline_bounds_every_retry() {
     // Nothing listens: every attempt is UNAVAILABLE and retried, until the
     // overall deadline ends the call.
-    let port = free_port().await;
+    let port = free_port();
     let client = client_for(
         format!("http://127.0.0.1:{port}"),
         Duration::from_millis(800),
@@ -206,7 +206,7 @@ async fn the_breaker_opens_fails_fast_and_a_half_open_probe_closes_it() {
     // Arrange: nothing listens on the port yet.
     let db = TestDatabase::create(Db::Sqlite).await;
     let queue = TestQueue::new();
-    let port = free_port().await;
+    let port = free_port();
     let breaker = BreakerConfig {
         failure_threshold: 3,
         window: Duration::from_secs(30),
@@ -241,12 +241,12 @@ async fn the_breaker_opens_fails_fast_and_a_half_open_probe_closes_it() {
 
     // After the open period one probe goes through and closes it.
     let breaker = client.breaker();
-    wait_for(
+    eventually(
         "the breaker to go half-open",
         Duration::from_secs(10),
         || {
             let breaker = breaker.clone();
-            async move { breaker.state() != BreakerState::Open }
+            async move { (breaker.state() != BreakerState::Open).then_some(()) }
         },
     )
     .await;

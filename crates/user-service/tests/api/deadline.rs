@@ -8,9 +8,7 @@
 
 use std::time::Duration;
 
-use common::proto::user::v1::{
-    GetUserRequest, UpdateUserRequest, user_service_client::UserServiceClient,
-};
+use common::proto::user::v1::{UpdateUserRequest, user_service_client::UserServiceClient};
 use hyper_util::{
     client::legacy::{Client, connect::HttpConnector},
     rt::TokioExecutor,
@@ -65,15 +63,7 @@ async fn a_callers_deadline_shorter_than_the_work_is_deadline_exceeded(db: Db) {
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     assert!(status.message().contains("300 ms"), "{}", status.message());
     lock.release().await;
-    let user = app
-        .grpc()
-        .await
-        .get_user(GetUserRequest {
-            user_id: "u-1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let user = app.get_user("u-1").await.unwrap();
     assert_eq!(user.name, "Alice", "the abandoned update did not commit");
     let metrics = app.metrics().await;
     assert!(

@@ -6,7 +6,7 @@ use common::proto::user::v1::{DeleteUserRequest, UpdateUserRequest};
 use serde_json::Value;
 
 use crate::{
-    helpers::{Db, TcpProxy, TestApp, TestDatabase, TestQueue, test_config, wait_for},
+    helpers::{Db, TcpProxy, TestApp, TestDatabase, TestQueue, free_port, test_config},
     on_both_databases,
 };
 
@@ -40,9 +40,8 @@ async fn every_change_reaches_data_sync_in_order(db: Db) {
     for _ in 0..3 {
         let message = app
             .queue
-            .next_message(Duration::from_secs(20))
-            .await
-            .expect("an event within 20 s");
+            .expect_message(Duration::from_secs(20), "an event within 20 s")
+            .await;
         let properties = &message.delivery.properties;
         assert_eq!(properties.delivery_mode(), &Some(2), "persistent");
         assert_eq!(
@@ -71,12 +70,7 @@ async fn every_change_reaches_data_sync_in_order(db: Db) {
             .iter()
             .all(|b| b["occurred_at"].as_i64().unwrap() > 0)
     );
-    wait_for(
-        "the outbox to be emptied",
-        Duration::from_secs(10),
-        || async { app.db.outbox_rows().await == 0 },
-    )
-    .await;
+    app.wait_for_empty_outbox().await;
     app.stop().await;
 }
 
@@ -84,7 +78,7 @@ async fn every_change_reaches_data_sync_in_order(db: Db) {
 async fn events_wait_in_the_outbox_while_rabbitmq_is_unreachable() {
     // Arrange: RabbitMQ is reached through a proxy that is not up yet.
     let rabbitmq: std::net::SocketAddr = "127.0.0.1:5672".parse().unwrap();
-    let port = crate::helpers::free_port().await;
+    let port = free_port();
     let db = TestDatabase::create(Db::Sqlite).await;
     let queue = TestQueue::new();
     let mut config = test_config(&db.url, &queue.name);
@@ -107,19 +101,12 @@ async fn events_wait_in_the_outbox_while_rabbitmq_is_unreachable() {
     for _ in 0..2 {
         let message = app
             .queue
-            .next_message(Duration::from_secs(30))
-            .await
-            .expect("the relay reconnects within 30 s");
-        let body: Value = serde_json::from_slice(&message.delivery.data).unwrap();
-        ids.push(body["data"]["id"].as_str().unwrap().to_string());
+            .expect_message(Duration::from_secs(30), "the relay reconnects within 30 s")
+            .await;
+        ids.push(event_user(&message));
     }
     assert_eq!(ids, ["u-1", "u-2"]);
-    wait_for(
-        "the outbox to be emptied",
-        Duration::from_secs(10),
-        || async { app.db.outbox_rows().await == 0 },
-    )
-    .await;
+    app.wait_for_empty_outbox().await;
     app.stop().await;
     drop(proxy);
 }
@@ -130,9 +117,8 @@ async fn an_event_for_a_vanished_queue_is_kept_and_sent_once_it_is_declared_agai
     let app = TestApp::spawn(Db::Sqlite).await;
     app.create_user("u-1", "Alice", 30).await;
     app.queue
-        .next_message(Duration::from_secs(20))
-        .await
-        .expect("the first event");
+        .expect_message(Duration::from_secs(20), "the first event")
+        .await;
 
     // Act: the queue disappears, then a change commits.
     app.queue.delete_now().await;
@@ -142,11 +128,12 @@ async fn an_event_for_a_vanished_queue_is_kept_and_sent_once_it_is_declared_agai
     // declared the queue again and the event arrives.
     let message = app
         .queue
-        .next_message(Duration::from_secs(30))
-        .await
-        .expect("the event after the queue was declared again");
-    let body: Value = serde_json::from_slice(&message.delivery.data).unwrap();
-    assert_eq!(body["data"]["id"], "u-2");
+        .expect_message(
+            Duration::from_secs(30),
+            "the event after the queue was declared again",
+        )
+        .await;
+    assert_eq!(event_user(&message), "u-2");
     app.stop().await;
 }
 

@@ -9,7 +9,7 @@ use tonic::Code;
 
 use crate::{
     helpers::{
-        Db, POSTGRES_ADDR, TcpProxy, TestApp, TestDatabase, TestQueue, test_config, wait_for,
+        Db, POSTGRES_ADDR, TcpProxy, TestApp, TestDatabase, TestQueue, eventually, test_config,
     },
     on_both_databases,
 };
@@ -47,7 +47,7 @@ async fn get_user_returns_what_create_user_stored(db: Db) {
         .unwrap()
         .into_inner();
 
-    // Assert: the seed's fields, plus ours.
+    // Assert: the fields plain clients read (name, age), plus ours.
     assert_eq!((fetched.name.as_str(), fetched.age), ("Alice", 30));
     assert_eq!(fetched.user_id, "u-1001");
     assert_eq!(fetched.email, "alice@example.com");
@@ -145,15 +145,7 @@ async fn a_taken_id_is_already_exists(db: Db) {
         .unwrap_err();
 
     assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
-    let kept = app
-        .grpc()
-        .await
-        .get_user(GetUserRequest {
-            user_id: "u-7".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let kept = app.get_user("u-7").await.unwrap();
     assert_eq!(kept.name, "Alice", "the first user is untouched");
     app.stop().await;
 }
@@ -185,8 +177,12 @@ async fn unknown_ids_are_not_found_on_every_rpc(db: Db) {
         assert_eq!(status.code(), Code::NotFound, "{status:?}");
         assert!(status.message().contains("u-missing"));
     }
-    // The layer counted them under their method and code.
+    // The layer counted them under their method and code, described.
     let metrics = app.metrics().await;
+    assert!(
+        metrics.contains("# HELP grpc_server_requests_total gRPC calls answered"),
+        "{metrics}"
+    );
     assert!(
         metrics.contains(
             r#"grpc_server_requests_total{method="user.v1.UserService/GetUser",code="NOT_FOUND"}"#
@@ -362,7 +358,7 @@ async fn a_database_outage_is_unavailable_and_service_resumes_after_it() {
 
     // And once it is back, calls work again.
     let proxy = TcpProxy::start(proxy.addr, POSTGRES_ADDR).await;
-    wait_for(
+    eventually(
         "the database to answer again",
         Duration::from_secs(30),
         || {
@@ -373,7 +369,7 @@ async fn a_database_outage_is_unavailable_and_service_resumes_after_it() {
                         user_id: "u-1".into(),
                     })
                     .await
-                    .is_ok()
+                    .ok()
             }
         },
     )

@@ -2,13 +2,40 @@
 
 use std::time::Duration;
 
-use common::proto::user::v1::{GetUserRequest, UpdateUserRequest};
+use common::proto::user::v1::UpdateUserRequest;
 use tonic::Code;
 use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    HealthCheckRequest, HealthCheckResponse, health_check_response::ServingStatus,
+    health_client::HealthClient,
 };
 
-use crate::helpers::{Db, TestApp, TestDatabase, TestQueue, test_config, wait_for};
+use crate::helpers::{Db, TestApp, TestDatabase, TestQueue, eventually, http_get, test_config};
+
+/// A health request for the overall status ("" service).
+fn overall() -> HealthCheckRequest {
+    HealthCheckRequest {
+        service: String::new(),
+    }
+}
+
+/// The next status `watch` pushes, which must come within `within`.
+async fn next_status(watch: &mut tonic::Streaming<HealthCheckResponse>, within: Duration) -> i32 {
+    tokio::time::timeout(within, watch.message())
+        .await
+        .unwrap_or_else(|_| panic!("a status change within {within:?}"))
+        .unwrap()
+        .unwrap()
+        .status
+}
+
+/// Waits (at most 30 s) for the service task to end, cleanly.
+async fn wait_stopped(handle: tokio::task::JoinHandle<anyhow::Result<()>>) {
+    tokio::time::timeout(Duration::from_secs(30), handle)
+        .await
+        .expect("stops within 30 s")
+        .unwrap()
+        .unwrap();
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_not_serving_until_the_database_is_ready_and_again_during_shutdown() {
@@ -19,13 +46,7 @@ async fn health_is_not_serving_until_the_database_is_ready_and_again_during_shut
     config.drain_delay = Duration::from_millis(1500);
     let app = TestApp::start(config, db, queue).await;
     let mut health = app.health().await;
-    let mut watch = health
-        .watch(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = health.watch(overall()).await.unwrap().into_inner();
 
     // Assert: not serving, and user calls are UNAVAILABLE meanwhile.
     let first = watch.message().await.unwrap().unwrap();
@@ -38,61 +59,32 @@ async fn health_is_not_serving_until_the_database_is_ready_and_again_during_shut
         .unwrap()
         .into_inner();
     assert_eq!(per_service.status, ServingStatus::NotServing as i32);
-    let early = app
-        .grpc()
-        .await
-        .get_user(GetUserRequest {
-            user_id: "u-1".into(),
-        })
-        .await
-        .unwrap_err();
+    let early = app.get_user("u-1").await.unwrap_err();
     assert_eq!(early.code(), Code::Unavailable, "{early:?}");
-    let ready = reqwest::get(format!("http://{}/readyz", app.ops_addr))
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 503);
+    let (ready, _) = http_get(app.ops_addr, "/readyz").await;
+    assert_eq!(ready, 503);
 
     // Act: the database appears.
     app.db.create_postgres_database().await;
 
     // Assert: SERVING, pushed to the watcher.
-    let next = tokio::time::timeout(Duration::from_secs(30), watch.message())
-        .await
-        .expect("a status change within 30 s")
-        .unwrap()
-        .unwrap();
-    assert_eq!(next.status, ServingStatus::Serving as i32);
+    let next = next_status(&mut watch, Duration::from_secs(30)).await;
+    assert_eq!(next, ServingStatus::Serving as i32);
     assert_eq!(app.health_status().await, ServingStatus::Serving as i32);
-    let ready = reqwest::get(format!("http://{}/readyz", app.ops_addr))
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 200);
+    let (ready, _) = http_get(app.ops_addr, "/readyz").await;
+    assert_eq!(ready, 200);
 
     // Act: shutdown.
     app.shutdown.trigger();
 
     // Assert: NOT_SERVING while the drain delay lets callers move away.
-    let last = tokio::time::timeout(Duration::from_secs(10), watch.message())
-        .await
-        .expect("a status change within 10 s")
-        .unwrap()
-        .unwrap();
-    assert_eq!(last.status, ServingStatus::NotServing as i32);
-    let during = health
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let last = next_status(&mut watch, Duration::from_secs(10)).await;
+    assert_eq!(last, ServingStatus::NotServing as i32);
+    let during = health.check(overall()).await.unwrap().into_inner();
     assert_eq!(during.status, ServingStatus::NotServing as i32);
     drop(watch);
     let TestApp { handle, db, .. } = app;
-    tokio::time::timeout(Duration::from_secs(30), handle)
-        .await
-        .expect("stops within 30 s")
-        .unwrap()
-        .unwrap();
+    wait_stopped(handle).await;
     drop(db);
 }
 
@@ -113,10 +105,10 @@ async fn shutdown_lets_in_flight_calls_finish_and_refuses_new_ones() {
         request.set_timeout(Duration::from_secs(30));
         client.update_user(request).await
     });
-    wait_for(
+    eventually(
         "the update to wait for the lock",
         Duration::from_secs(20),
-        || async { app.db.queries_waiting_for_a_lock().await > 0 },
+        || async { (app.db.queries_waiting_for_a_lock().await > 0).then_some(()) },
     )
     .await;
 
@@ -126,7 +118,7 @@ async fn shutdown_lets_in_flight_calls_finish_and_refuses_new_ones() {
     // Assert: new connections are refused once the server stops accepting
     // (probed with health checks, which do not touch the locked table).
     let url = app.grpc_url();
-    wait_for("new calls to be refused", Duration::from_secs(20), || {
+    eventually("new calls to be refused", Duration::from_secs(20), || {
         let url = url.clone();
         async move {
             let Ok(channel) = tonic::transport::Channel::from_shared(url)
@@ -134,14 +126,13 @@ async fn shutdown_lets_in_flight_calls_finish_and_refuses_new_ones() {
                 .connect()
                 .await
             else {
-                return true;
+                return Some(());
             };
             HealthClient::new(channel)
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
+                .check(overall())
                 .await
                 .is_err_and(|status| status.code() == Code::Unavailable)
+                .then_some(())
         }
     })
     .await;
@@ -158,9 +149,5 @@ async fn shutdown_lets_in_flight_calls_finish_and_refuses_new_ones() {
         .expect("the in-flight call succeeds")
         .into_inner();
     assert_eq!(updated.name, "Alice Updated");
-    tokio::time::timeout(Duration::from_secs(30), app.handle)
-        .await
-        .expect("stops within 30 s")
-        .unwrap()
-        .unwrap();
+    wait_stopped(app.handle).await;
 }

@@ -11,14 +11,15 @@ use std::{
 
 use common::{
     config::SecretUrl,
-    proto::user::v1::{CreateUserRequest, GetUserResponse, user_service_client::UserServiceClient},
+    proto::user::v1::{
+        CreateUserRequest, GetUserRequest, GetUserResponse, user_service_client::UserServiceClient,
+    },
     shutdown::Shutdown,
 };
-use lapin::{
-    Connection, ConnectionProperties,
-    options::{BasicGetOptions, QueueDeleteOptions},
-};
+use lapin::options::{BasicGetOptions, QueueDeleteOptions};
 use sqlx::Connection as _;
+use testkit::{AmqpFixture, amqp_url, block_on_cleanup};
+pub(crate) use testkit::{eventually, free_port, http_get};
 use tokio::{
     net::{TcpListener, TcpStream},
     task::JoinHandle,
@@ -32,11 +33,6 @@ use user_service::{Application, Config, read_cache::ReadCache};
 pub(crate) fn postgres_admin_url() -> String {
     std::env::var("TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
-}
-
-/// The shared RabbitMQ; each test uses its own queue.
-pub(crate) fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
 /// Which database a test runs on.
@@ -64,23 +60,6 @@ macro_rules! on_both_databases {
             }
         )+
     };
-}
-
-/// Runs `cleanup` to completion from a `Drop` (a panicking test still cleans up).
-fn block_on_cleanup<F>(cleanup: F)
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    let thread = std::thread::spawn(move || {
-        match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(runtime) => runtime.block_on(cleanup),
-            Err(error) => eprintln!("cannot clean up: {error}"),
-        }
-    });
-    let _ = thread.join();
 }
 
 /// A database that exists for one test.
@@ -277,15 +256,22 @@ impl TestQueue {
 
     /// Deletes the queue now (as an operator might by mistake).
     pub(crate) async fn delete_now(&self) {
-        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
-            .await
-            .expect("the local rabbitmq on 127.0.0.1:5672");
-        let channel = connection.create_channel().await.unwrap();
-        channel
+        let amqp = AmqpFixture::connect(&amqp_url()).await;
+        amqp.channel
             .queue_delete(self.name.as_str().into(), QueueDeleteOptions::default())
             .await
             .unwrap();
-        connection.close(200, "done".into()).await.ok();
+        amqp.connection.close(200, "done".into()).await.ok();
+    }
+
+    /// The next message off the queue, which must come within `timeout`;
+    /// panics with `what` otherwise.
+    pub(crate) async fn expect_message(
+        &self,
+        timeout: Duration,
+        what: &str,
+    ) -> lapin::message::BasicGetMessage {
+        self.next_message(timeout).await.expect(what)
     }
 
     /// Takes the next message off the queue, waiting up to `timeout`.
@@ -293,10 +279,10 @@ impl TestQueue {
         &self,
         timeout: Duration,
     ) -> Option<lapin::message::BasicGetMessage> {
-        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
-            .await
-            .expect("the local rabbitmq on 127.0.0.1:5672");
-        let channel = connection.create_channel().await.unwrap();
+        let AmqpFixture {
+            connection,
+            channel,
+        } = AmqpFixture::connect(&amqp_url()).await;
         let deadline = tokio::time::Instant::now() + timeout;
         let mut message = None;
         while tokio::time::Instant::now() < deadline {
@@ -336,19 +322,7 @@ impl TestQueue {
 
 impl Drop for TestQueue {
     fn drop(&mut self) {
-        let name = self.name.clone();
-        block_on_cleanup(async move {
-            if let Ok(connection) =
-                Connection::connect(&amqp_url(), ConnectionProperties::default()).await
-            {
-                if let Ok(channel) = connection.create_channel().await {
-                    let _ = channel
-                        .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-                        .await;
-                }
-                let _ = connection.close(200, "done".into()).await;
-            }
-        });
+        testkit::delete_queues_on_drop(amqp_url(), vec![self.name.clone()]);
     }
 }
 
@@ -495,10 +469,10 @@ impl TestApp {
     /// Polls health until SERVING (at most 30 s).
     pub(crate) async fn wait_until_serving(&self) {
         let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
-        wait_for(
+        eventually(
             "the service to report SERVING",
             Duration::from_secs(30),
-            || async { self.health_status().await == serving },
+            || async { (self.health_status().await == serving).then_some(()) },
         )
         .await;
     }
@@ -518,14 +492,47 @@ impl TestApp {
             .into_inner()
     }
 
+    /// `GetUser` for `id` on a connection of its own.
+    pub(crate) async fn get_user(&self, id: &str) -> Result<GetUserResponse, tonic::Status> {
+        self.grpc()
+            .await
+            .get_user(GetUserRequest {
+                user_id: id.to_string(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// `GET path` on the JSON gateway, its body decoded.
+    pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        http: &reqwest::Client,
+        path: &str,
+    ) -> T {
+        http.get(self.http_url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Waits (at most 10 s) until the relay has emptied the outbox.
+    pub(crate) async fn wait_for_empty_outbox(&self) {
+        eventually(
+            "the outbox to be emptied",
+            Duration::from_secs(10),
+            || async { (self.db.outbox_rows().await == 0).then_some(()) },
+        )
+        .await;
+    }
+
     /// The ops endpoint's `/metrics` text.
     pub(crate) async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.ops_addr))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        let (status, body) = http_get(self.ops_addr, "/metrics").await;
+        assert_eq!(status, 200, "{body}");
+        body
     }
 
     /// Triggers shutdown and waits for `run_until_stopped` to return.
@@ -545,35 +552,6 @@ pub(crate) const POSTGRES_ADDR: SocketAddr = SocketAddr::V4(std::net::SocketAddr
     std::net::Ipv4Addr::LOCALHOST,
     5432,
 ));
-
-/// Polls `condition` every 50 ms until it holds; panics after `timeout`.
-pub(crate) async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if condition().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A free local port (bound, read, released).
-pub(crate) async fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A TCP forwarder to `target`. Stopping it closes the listening socket and
 /// every forwarded connection: to the service, the dependency behind it is

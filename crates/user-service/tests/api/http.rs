@@ -29,14 +29,7 @@ async fn json_crud_end_to_end(db: Db) {
     assert_eq!((created.name.as_str(), created.age), ("Alice", 30));
 
     // Read (the same user gRPC sees)
-    let fetched: UserJson = http
-        .get(app.http_url("/v1/users/u-1001"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let fetched: UserJson = app.get_json(&http, "/v1/users/u-1001").await;
     assert_eq!(fetched, created);
 
     // Update
@@ -61,27 +54,15 @@ async fn json_crud_end_to_end(db: Db) {
         .unwrap()
         .error_for_status()
         .unwrap();
-    let page: UserListJson = http
-        .get(app.http_url("/v1/users?page_size=1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: UserListJson = app.get_json(&http, "/v1/users?page_size=1").await;
     assert_eq!(page.users.len(), 1);
     assert_eq!(page.users[0].user_id, "u-1001");
-    let rest: UserListJson = http
-        .get(app.http_url(&format!(
-            "/v1/users?page_size=1&page_token={}",
-            page.next_page_token
-        )))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rest: UserListJson = app
+        .get_json(
+            &http,
+            &format!("/v1/users?page_size=1&page_token={}", page.next_page_token),
+        )
+        .await;
     assert_eq!(rest.users[0].user_id, "u-1002");
     assert_eq!(rest.next_page_token, "");
 

@@ -1,15 +1,16 @@
 //! `GetUser`'s read cache: it serves, and it never serves a user older than a
 //! committed change — through this replica or another one.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use common::proto::user::v1::{
     DeleteUserRequest, GetUserRequest, UpdateUserRequest, user_service_client::UserServiceClient,
 };
 use tonic::{Code, transport::Channel};
+use user_service::read_cache::ReadCache;
 
 use crate::{
-    helpers::{Db, TestApp, wait_for},
+    helpers::{Db, TestApp, eventually},
     on_both_databases,
 };
 
@@ -35,6 +36,24 @@ async fn rename(client: &mut UserServiceClient<Channel>, id: &str, name: &str) {
         .expect("update user");
 }
 
+/// Reads `u-1` through `client` until `cache` holds it: the cache fills
+/// once its change feed listens; until then reads go to the database.
+async fn read_until_cached(
+    what: &str,
+    client: &UserServiceClient<Channel>,
+    cache: &Arc<ReadCache>,
+) {
+    eventually(what, Duration::from_secs(10), || {
+        let mut client = client.clone();
+        let cache = cache.clone();
+        async move {
+            let _ = get_name(&mut client, "u-1").await;
+            (cache.len() == 1).then_some(())
+        }
+    })
+    .await;
+}
+
 async fn a_change_through_this_replica_is_read_back_at_once(db: Db) {
     // Arrange: a long TTL, so only invalidation can explain a fresh read.
     let app = TestApp::spawn_with(db, |config| {
@@ -43,11 +62,12 @@ async fn a_change_through_this_replica_is_read_back_at_once(db: Db) {
     .await;
     app.create_user("u-1", "Alice", 30).await;
     let mut client = app.grpc().await;
-    wait_for("u-1 to be cached", Duration::from_secs(10), || {
+    eventually("u-1 to be cached", Duration::from_secs(10), || {
         let mut client = client.clone();
         let cache = app.cache.clone();
         async move {
-            get_name(&mut client, "u-1").await.as_deref() == Ok("Alice") && cache.len() == 1
+            (get_name(&mut client, "u-1").await.as_deref() == Ok("Alice") && cache.len() == 1)
+                .then_some(())
         }
     })
     .await;
@@ -79,17 +99,7 @@ async fn a_lost_change_feed_stops_the_cache_from_serving() {
     app.create_user("u-1", "Alice", 30).await;
     app.create_user("u-2", "Bob", 40).await;
     let mut client = app.grpc().await;
-    // The cache fills once the change feed listens; until then reads go
-    // to the database.
-    wait_for("u-1 to be cached", Duration::from_secs(10), || {
-        let mut client = client.clone();
-        let cache = app.cache.clone();
-        async move {
-            let _ = get_name(&mut client, "u-1").await;
-            cache.len() == 1
-        }
-    })
-    .await;
+    read_until_cached("u-1 to be cached", &client, &app.cache).await;
 
     // Act: the database goes away.
     proxy.stop().await;
@@ -98,10 +108,10 @@ async fn a_lost_change_feed_stops_the_cache_from_serving() {
     // go unheard), so both users are UNAVAILABLE, never stale and never INTERNAL.
     // (u-1's own creation notice may arrive after it was cached and evict it
     // early; what matters is the suspension.)
-    wait_for(
+    eventually(
         "the lost feed to suspend the cache",
         Duration::from_secs(10),
-        || async { app.cache.is_suspended() },
+        || async { app.cache.is_suspended().then_some(()) },
     )
     .await;
     assert_eq!(get_name(&mut client, "u-1").await, Err(Code::Unavailable));
@@ -123,27 +133,21 @@ async fn a_change_through_another_replica_reaches_this_replicas_cache() {
     let mut b_client = b.grpc().await;
     a.create_user("u-1", "Alice", 30).await;
     // B reads (and caches) u-1 once its feed listens.
-    wait_for("replica b to cache u-1", Duration::from_secs(10), || {
-        let mut client = b_client.clone();
-        let cache = b_cache.clone();
-        async move {
-            let _ = get_name(&mut client, "u-1").await;
-            cache.len() == 1
-        }
-    })
-    .await;
+    read_until_cached("replica b to cache u-1", &b_client, &b_cache).await;
 
     // Act: A renames the user.
     let mut a_client = a.grpc().await;
     rename(&mut a_client, "u-1", "Alice Liddell").await;
 
     // Assert: B serves the new name soon (the notification), not in 600 s.
-    wait_for(
+    eventually(
         "replica b to see the rename",
         Duration::from_secs(5),
         || {
             let mut client = b_client.clone();
-            async move { get_name(&mut client, "u-1").await.as_deref() == Ok("Alice Liddell") }
+            async move {
+                (get_name(&mut client, "u-1").await.as_deref() == Ok("Alice Liddell")).then_some(())
+            }
         },
     )
     .await;

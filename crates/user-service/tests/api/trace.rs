@@ -9,7 +9,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
-use user_service::client::{ClientConfig, UserClient};
+use user_client::{ClientConfig, UserClient};
 
 use crate::helpers::{Db, TestApp};
 

@@ -6,10 +6,11 @@
 //! payloads are free-form per kind. Delivery attempts are not part of the body:
 //! they travel in AMQP headers so a retried task is byte-for-byte the same.
 
+use common::clock::now_millis;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::{
+use common::{
     codec::{CodecError, WireMessage},
     proto::task::v1 as pb,
 };
@@ -95,14 +96,6 @@ impl WireMessage for Task {
     }
 }
 
-/// The current time as Unix milliseconds.
-pub fn now_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
-
 fn json_type(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
@@ -119,10 +112,10 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::codec::{Codec, ContentType};
+    use common::codec::{Codec, ContentType};
 
     #[test]
-    fn a_seed_style_json_task_decodes_with_defaults() {
+    fn a_plain_json_task_decodes_with_defaults() {
         let task: Task = Codec::default()
             .decode_with_header(br#"{"id":"t1","kind":"sleep","payload":{"ms":5}}"#, None)
             .unwrap();
@@ -169,6 +162,14 @@ mod tests {
                 let bytes = codec.encode(&task, content_type).unwrap();
                 let back: Task = codec.decode(&bytes, content_type).unwrap();
                 prop_assert_eq!(&back, &task);
+            }
+        }
+
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let codec = Codec::default();
+            for content_type in [ContentType::Json, ContentType::Protobuf] {
+                let _ = codec.decode::<Task>(&bytes, content_type);
             }
         }
     }

@@ -5,12 +5,11 @@
 //!
 //! | queue | arguments | role |
 //! |---|---|---|
-//! | `task_queue` | none (durable) | the work queue, declared exactly as the seed does |
+//! | `task_queue` | none (durable) | the work queue, declared as plain clients declare it |
 //! | `task_queue.retry.<ms>ms` | `x-message-ttl`, `x-dead-letter-exchange = ""`, `x-dead-letter-routing-key = task_queue` | one delay tier of the retry backoff |
 //! | `task_queue.dlq` | none (durable) | tasks that will never succeed, with headers saying why |
-//!
-//! `data_sync` (durable, no arguments, the seed's section 2.5) is declared by
-//! [`declare_data_sync`].
+//! | `data_sync` | none (durable) | user events from user-service ([`declare_data_sync`]) |
+//! | `data_sync.dlq` | none (durable) | user events no consumer could apply ([`data_sync_dead_letter_queue`]) |
 //!
 //! Why one retry queue per delay tier rather than a per-message TTL on one
 //! retry queue: RabbitMQ only expires messages at the head of a queue, so a
@@ -20,7 +19,7 @@
 //! broker dead-letters the message through the default exchange back onto
 //! the work queue, body and headers untouched.
 //!
-//! The main queue and the DLQ carry no arguments, so a seed-style client that
+//! The main queue and the DLQ carry no arguments, so a plain client that
 //! declares `task_queue` as `durable=True` gets no `PRECONDITION_FAILED`.
 
 use std::time::Duration;
@@ -31,10 +30,10 @@ use lapin::{
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
 
-/// Default base name of the work queue (the seed's name).
+/// Default base name of the work queue (what plain clients use).
 pub const DEFAULT_TASK_QUEUE: &str = "task_queue";
 
-/// Default name of the user-sync event queue (the seed's name).
+/// Default name of the user-sync event queue (what plain clients use).
 pub const DATA_SYNC_QUEUE: &str = "data_sync";
 
 /// Default retry backoff: the first delay, doubled per attempt up to the cap.
@@ -185,10 +184,16 @@ impl Topology {
     }
 }
 
-/// Declares the user-sync event queue exactly as the seed does: durable, no
-/// arguments (the default name is [`DATA_SYNC_QUEUE`]).
+/// Declares a user-event queue (default name [`DATA_SYNC_QUEUE`]): durable,
+/// no arguments, so a plain AMQP client declaring it the same way agrees
+/// with us instead of failing with `PRECONDITION_FAILED`.
 pub async fn declare_data_sync(channel: &Channel, queue: &str) -> Result<(), lapin::Error> {
     declare_plain(channel, queue).await
+}
+
+/// The dead-letter queue of a user-event queue: `<queue>.dlq`.
+pub fn data_sync_dead_letter_queue(queue: &str) -> String {
+    format!("{queue}.dlq")
 }
 
 /// The retry delays `base, 2·base, 4·base, …` capped at `max`, one per retry

@@ -1,20 +1,27 @@
 //! Wiring and lifecycle: bind, serve, connect the database, drain, stop.
 //!
 //! [`Application::build`] binds every listener (port 0 works: tests ask the
-//! application which port it got) and starts the ops endpoint.
-//! [`Application::run_until_stopped`] then:
+//! application which port it got), describes the metrics and starts the ops
+//! endpoint. [`Application::run_until_stopped`] then:
 //!
 //! 1. serves gRPC and JSON at once, with health `NOT_SERVING` and `/readyz`
-//!    503, while it connects to the database (retrying with backoff) and
-//!    runs the migrations; calls meanwhile get `UNAVAILABLE`;
+//!    503, while it connects to the database (retrying with backoff through
+//!    [`until_connected`], until the shutdown signal) and runs the
+//!    migrations; calls meanwhile get `UNAVAILABLE`;
 //! 2. flips health to `SERVING`, readiness to ready, and starts the outbox
 //!    relay (and, on PostgreSQL, the read cache's change feed);
 //! 3. on the shutdown signal flips health back to `NOT_SERVING` and
 //!    `/readyz` to 503, keeps answering for `drain_delay` (so load balancers
 //!    move away), then stops accepting: new calls are refused, in-flight
-//!    calls finish (at most `shutdown_grace`);
-//! 4. lets the relay publish what those last calls committed, closes the
-//!    database pool and the ops endpoint, and returns.
+//!    calls get `shutdown_grace` to finish and are aborted after it;
+//! 4. lets the relay publish what those last calls committed (at most
+//!    [`RELAY_FLUSH_GRACE`]), closes the database pool and the ops endpoint,
+//!    and returns.
+//!
+//! The servers and the background tasks are two [`Shutdown`] groups of
+//! their own rather than scopes of the service's: a scope would stop with
+//! the signal, but the servers must keep answering through `drain_delay`,
+//! and the relay must keep publishing until the servers are done.
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -22,11 +29,11 @@ use anyhow::Context as _;
 use common::{
     ops::{OpsServer, Readiness},
     proto::user::v1::user_service_server::UserServiceServer,
-    retry::RetryPolicy,
-    shutdown::Shutdown,
+    reconnect::until_connected,
+    shutdown::{Drained, Shutdown},
 };
 use tokio::{net::TcpListener, task::JoinHandle};
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
@@ -45,7 +52,7 @@ use crate::{
 const DATABASE_CHECK: &str = "database";
 
 /// How long the relay may keep publishing after the servers stopped.
-const RELAY_FLUSH_GRACE: Duration = Duration::from_secs(5);
+pub const RELAY_FLUSH_GRACE: Duration = Duration::from_secs(5);
 
 /// The gRPC service name health reports under, besides the whole server ("").
 const USER_SERVICE: &str = <UserServiceServer<UserGrpc> as tonic::server::NamedService>::NAME;
@@ -56,18 +63,19 @@ pub struct Application {
     config: Config,
     grpc_listener: TcpListener,
     http_listener: TcpListener,
+    /// `/healthz`, `/readyz`, `/metrics`; stops when dropped, also when the
+    /// application is built but never run.
     ops: OpsServer,
-    /// Stops the ops endpoint when dropped, also when the application is
-    /// built but never run.
-    ops_stop: DropGuard,
     readiness: Readiness,
     health: HealthReporter,
     directory: UserDirectory,
 }
 
 impl Application {
-    /// Binds the gRPC, HTTP and ops addresses and starts the ops endpoint.
+    /// Binds the gRPC, HTTP and ops addresses, describes the metrics and
+    /// starts the ops endpoint.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        common::metrics::describe(crate::metrics::ALL);
         let grpc_listener = TcpListener::bind(config.grpc_addr)
             .await
             .with_context(|| format!("cannot bind the grpc address {}", config.grpc_addr))?;
@@ -75,15 +83,7 @@ impl Application {
             .await
             .with_context(|| format!("cannot bind the http address {}", config.http_addr))?;
         let readiness = Readiness::new(&[DATABASE_CHECK]);
-        let ops_stop = CancellationToken::new();
-        let ops = OpsServer::start(
-            config.ops_addr,
-            readiness.clone(),
-            axum::Router::new(),
-            ops_stop.clone(),
-        )
-        .await
-        .with_context(|| format!("cannot bind the ops address {}", config.ops_addr))?;
+        let ops = OpsServer::start(config.ops_addr, readiness.clone(), axum::Router::new()).await?;
         let health = HealthReporter::new();
         set_health(&health, ServingStatus::NotServing).await;
         let directory = UserDirectory::new(ReadCache::new(CacheSettings {
@@ -95,7 +95,6 @@ impl Application {
             grpc_listener,
             http_listener,
             ops,
-            ops_stop: ops_stop.drop_guard(),
             readiness,
             health,
             directory,
@@ -129,7 +128,6 @@ impl Application {
             grpc_listener,
             http_listener,
             ops,
-            ops_stop,
             readiness,
             health,
             directory,
@@ -142,58 +140,50 @@ impl Application {
             "user-service starting"
         );
 
-        let servers_stop = CancellationToken::new();
-        let grpc = tokio::spawn(serve_grpc(
+        // Stopped only after `drain_delay`, not by the signal itself.
+        let servers = Shutdown::new();
+        let grpc = servers.spawn(serve_grpc(
             grpc_listener,
             &config,
             directory.clone(),
             health.clone(),
-            servers_stop.clone(),
+            servers.token(),
         )?);
         let http_router = crate::http::router(
             directory.clone(),
             config.request_timeout,
             config.max_message_bytes,
         );
-        let http_stop = servers_stop.clone();
-        let http = tokio::spawn(async move {
+        let http_stop = servers.token();
+        let http = servers.spawn(async move {
             axum::serve(http_listener, http_router)
                 .with_graceful_shutdown(http_stop.cancelled_owned())
                 .await
         });
 
-        let relay_stop = CancellationToken::new();
-        let mut relay = None;
-        let mut change_feed = None;
-        let mut database_error = None;
-        tokio::select! {
-            store = open_database(&config) => match store {
-                Ok(store) => {
-                    if store.backend() == Backend::Postgres && directory.cache().is_enabled() {
-                        // Other replicas may write: nothing is cached until
-                        // their changes can be heard.
-                        directory.cache().suspend();
-                        let feed = ChangeFeed::new(store.clone(), directory.cache());
-                        change_feed = Some(tokio::spawn(feed.run(relay_stop.clone())));
-                    }
-                    directory.attach(store.clone());
-                    readiness.set(DATABASE_CHECK, true);
-                    set_health(&health, ServingStatus::Serving).await;
-                    tracing::info!(backend = ?store.backend(), "database ready, serving");
-                    let settings = RelaySettings {
-                        amqp_url: config.amqp_url.clone(),
-                        queue: config.data_sync_queue.clone(),
-                        poll_interval: config.outbox_poll_interval,
-                        batch_size: config.outbox_batch_size,
-                    };
-                    let relay_task = OutboxRelay::new(store, settings, directory.outbox_wakeup());
-                    relay = Some(tokio::spawn(relay_task.run(relay_stop.clone())));
-                }
-                Err(error) => database_error = Some(error),
-            },
-            () = shutdown.cancelled() => {}
-        }
-        if database_error.is_none() {
+        // The relay and the change feed, stopped once the servers are done.
+        let background = Shutdown::new();
+        let database = open_database(&config, &shutdown.token()).await;
+        if let Ok(Some(store)) = &database {
+            if store.backend() == Backend::Postgres && directory.cache().is_enabled() {
+                // Other replicas may write: nothing is cached until their
+                // changes can be heard.
+                directory.cache().suspend();
+                let feed = ChangeFeed::new(store.clone(), directory.cache());
+                background.spawn(feed.run(background.token()));
+            }
+            directory.attach(store.clone());
+            readiness.set(DATABASE_CHECK, true);
+            set_health(&health, ServingStatus::Serving).await;
+            tracing::info!(backend = ?store.backend(), "database ready, serving");
+            let settings = RelaySettings {
+                amqp_url: config.amqp_url.clone(),
+                queue: config.data_sync_queue.clone(),
+                poll_interval: config.outbox_poll_interval,
+                batch_size: config.outbox_batch_size,
+            };
+            let relay = OutboxRelay::new(store.clone(), settings, directory.outbox_wakeup());
+            background.spawn(relay.run(background.token()));
             shutdown.cancelled().await;
         }
 
@@ -203,38 +193,25 @@ impl Application {
         );
         readiness.shutting_down();
         set_health(&health, ServingStatus::NotServing).await;
-        if database_error.is_none() {
+        if database.is_ok() {
             tokio::time::sleep(config.drain_delay).await;
         }
 
-        servers_stop.cancel();
-        stop_server("grpc", grpc, config.shutdown_grace).await;
-        stop_server("http", http, config.shutdown_grace).await;
+        // Whatever is still running after the grace is aborted (and logged).
+        servers.drain(config.shutdown_grace).await;
+        report_server("grpc", grpc).await;
+        report_server("http", http).await;
 
-        relay_stop.cancel();
-        if let Some(relay) = relay
-            && let Err(error) = stop_task(relay, RELAY_FLUSH_GRACE).await
-        {
-            tracing::warn!(error = %error, "outbox relay did not stop in time; pending events stay in the outbox");
-        }
-        if let Some(feed) = change_feed {
-            // It only listens: nothing is lost by stopping it at once.
-            feed.abort();
+        // After the signal the relay makes one more pass: the events of the
+        // calls that finished while the servers drained.
+        if let Drained::TimedOut(_) = background.drain(RELAY_FLUSH_GRACE).await {
+            tracing::warn!("outbox relay did not stop in time; pending events stay in the outbox");
         }
         if let Some(store) = directory.store() {
             store.close().await;
         }
-        drop(ops_stop);
-        if let Err(error) = ops.stopped().await {
-            tracing::warn!(error = %error, "ops endpoint failed");
-        }
-        match database_error {
-            Some(error) => Err(error),
-            None => {
-                tracing::info!("user-service stopped");
-                Ok(())
-            }
-        }
+        ops.stop().await;
+        database.map(|_| tracing::info!("user-service stopped"))
     }
 }
 
@@ -273,34 +250,29 @@ fn serve_grpc(
         .serve_with_incoming_shutdown(incoming, stop.cancelled_owned()))
 }
 
-/// Connects (retrying with backoff until it works) and migrates.
-async fn open_database(config: &Config) -> anyhow::Result<UserStore> {
+/// Connects (retrying with backoff until it works or `stop` fires) and
+/// migrates; `None` when stopped first.
+async fn open_database(
+    config: &Config,
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<UserStore>> {
     let settings = PoolSettings {
         max_connections: config.db_max_connections,
         acquire_timeout: config.db_acquire_timeout,
     };
-    let mut backoff = RetryPolicy::reconnect().backoff();
-    let store = loop {
-        match UserStore::connect(&config.database_url, settings).await {
-            Ok(store) => break store,
-            Err(error) => {
-                let delay = backoff.next().unwrap_or(RetryPolicy::reconnect().max_delay);
-                tracing::warn!(
-                    error = %error,
-                    database_url = %config.database_url,
-                    delay_ms = delay.as_millis() as u64,
-                    "database not reachable, retrying"
-                );
-                tokio::time::sleep(delay).await;
-            }
-        }
+    let connect = || UserStore::connect(&config.database_url, settings);
+    let Some(store) = until_connected("user store", &config.database_url, stop, connect).await
+    else {
+        return Ok(None);
     };
-    // A failed migration is not transient: stop and let the operator look.
-    store
-        .migrate()
-        .await
-        .context("cannot migrate the database")?;
-    Ok(store)
+    tokio::select! {
+        () = stop.cancelled() => Ok(None),
+        // A failed migration is not transient: stop and let the operator look.
+        migrated = store.migrate() => {
+            migrated.context("cannot migrate the database")?;
+            Ok(Some(store))
+        }
+    }
 }
 
 async fn set_health(health: &HealthReporter, status: ServingStatus) {
@@ -308,27 +280,23 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
     health.set_service_status(USER_SERVICE, status).await;
 }
 
-async fn stop_server<E: std::fmt::Display>(
-    name: &str,
-    task: JoinHandle<Result<(), E>>,
-    grace: Duration,
-) {
-    match stop_task(task, grace).await {
+/// Logs how a server task ended (an aborted one was logged by the drain).
+async fn report_server<E: std::fmt::Display>(name: &str, task: JoinHandle<Result<(), E>>) {
+    match task.await {
         Ok(Ok(())) => tracing::info!(server = name, "server stopped"),
         Ok(Err(error)) => tracing::warn!(server = name, error = %error, "server failed"),
-        Err(error) => tracing::warn!(server = name, error = %error, "server did not drain in time"),
+        Err(error) if error.is_cancelled() => {}
+        Err(error) => tracing::warn!(server = name, error = %error, "server task panicked"),
     }
 }
 
-/// Waits for `task` at most `grace`, then aborts it.
-async fn stop_task<T>(mut task: JoinHandle<T>, grace: Duration) -> anyhow::Result<T> {
-    match tokio::time::timeout(grace, &mut task).await {
-        Ok(joined) => joined.context("task panicked"),
-        Err(_) => {
-            task.abort();
-            anyhow::bail!("still running after {} ms, aborted", grace.as_millis())
-        }
-    }
+/// Builds and runs the service until `shutdown` fires and everything has
+/// drained.
+pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    Application::build(config)
+        .await?
+        .run_until_stopped(shutdown)
+        .await
 }
 
 fn local_addr(listener: &TcpListener, configured: SocketAddr) -> SocketAddr {

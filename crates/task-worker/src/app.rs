@@ -1,59 +1,44 @@
-//! The worker: built once (ops endpoint bound, handlers registered), then run
-//! until stopped, reconnecting after every lost connection.
+//! The worker as an application: built once (ops endpoint bound, handlers
+//! registered), then run until stopped, one session (a connection and its
+//! consumers) after another.
+//!
+//! [`Application::build`] → [`Application::ops_addr`] →
+//! [`Application::run_until_stopped`] lets tests bind port 0 and embed the
+//! worker; [`run`] is what the binary calls.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context as _;
-use axum::{Json, Router, extract::State, routing::get};
 use common::{
     circuit_breaker::CircuitBreaker,
     codec::Codec,
     ops::{OpsServer, Readiness},
-    retry::RetryPolicy,
+    reconnect::keep_connected,
     shutdown::Shutdown,
 };
 use tokio::sync::broadcast;
-use tokio_util::sync::CancellationToken;
-use tracing::warn;
 
 use crate::{
     Config,
-    consumer::End,
-    contacts::{Contact, ContactDirectory},
+    contacts::{self, ContactDirectory},
     events::TaskEvent,
     finished::FinishedTasks,
     handler::{Handlers, SleepHandler, TaskHandler},
+    metrics,
     processing::{TaskContext, TaskMetrics},
-    session,
+    session::{self, Shared},
     shared_finished::SharedFinished,
 };
 
 /// Buffered events per subscriber before the oldest are dropped.
 const EVENT_BUFFER: usize = 4096;
 
-/// What every session and consumer of one worker shares.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    /// The worker's configuration.
-    pub(crate) config: Config,
-    /// What processing a task needs.
-    pub(crate) context: Arc<TaskContext>,
-    /// The contact directory fed by `data_sync`.
-    pub(crate) contacts: ContactDirectory,
-    /// The breaker the task consumers pause on, if any.
-    pub(crate) breaker: Option<Arc<CircuitBreaker>>,
-    /// `/readyz` checks.
-    pub(crate) readiness: Readiness,
-    /// Prefix of this process's consumer tags (visible in the management UI).
-    pub(crate) worker_id: String,
-}
-
 /// A task worker, ready to run.
 #[derive(Debug)]
-pub struct Worker {
+pub struct Application {
     /// The worker's configuration.
     config: Config,
-    /// Handlers by task kind (built-in ones plus [`Worker::with_handler`]).
+    /// Handlers by task kind (built-in ones plus [`Application::with_handler`]).
     handlers: Handlers,
     /// The user-service breaker the consumers pause on.
     breaker: Option<Arc<CircuitBreaker>>,
@@ -67,17 +52,16 @@ pub struct Worker {
     events: broadcast::Sender<TaskEvent>,
     /// `/readyz` checks.
     readiness: Readiness,
-    /// The running ops endpoint.
+    /// The running ops endpoint, stopped last, when the worker returns.
     ops: OpsServer,
-    /// Stops the ops endpoint when the worker returns.
-    ops_stop: CancellationToken,
 }
 
-impl Worker {
+impl Application {
     /// Binds the ops endpoint (port 0 picks one) and registers the built-in
     /// handlers: `sleep`, and `notify` with a user-service client (connected
     /// lazily: a user-service that is down does not stop the worker).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        common::metrics::describe(metrics::ALL);
         let contacts = ContactDirectory::new();
         let mut handlers = Handlers::default();
         handlers.insert(
@@ -89,13 +73,12 @@ impl Worker {
         let breaker = crate::notify::register(&config, &contacts, &mut handlers)?;
 
         let readiness = Readiness::new(&["rabbitmq"]);
-        let ops_stop = CancellationToken::new();
-        let routes = Router::new()
-            .route("/contacts", get(list_contacts))
-            .with_state(contacts.clone());
-        let ops = OpsServer::start(config.ops_addr, readiness.clone(), routes, ops_stop.clone())
-            .await
-            .with_context(|| format!("cannot bind the ops address {}", config.ops_addr))?;
+        let ops = OpsServer::start(
+            config.ops_addr,
+            readiness.clone(),
+            contacts::routes(contacts.clone()),
+        )
+        .await?;
         let shared_finished = match &config.redis_url {
             Some(url) => {
                 SharedFinished::redis(url, &config.finished_key_prefix, config.finished_ttl)
@@ -104,7 +87,7 @@ impl Worker {
             None => SharedFinished::disabled(),
         };
         let (events, _) = broadcast::channel(EVENT_BUFFER);
-        Ok(Worker {
+        Ok(Application {
             finished: FinishedTasks::new(config.finished_capacity),
             shared_finished,
             config,
@@ -114,7 +97,6 @@ impl Worker {
             events,
             readiness,
             ops,
-            ops_stop,
         })
     }
 
@@ -144,7 +126,8 @@ impl Worker {
         self.breaker.clone()
     }
 
-    /// Consumes until `shutdown` fires, then drains within the grace period.
+    /// Consumes until `shutdown` fires, reconnecting after every lost
+    /// connection; on shutdown the session drains within the grace period.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
         let topology = self.config.topology();
         let shared = Arc::new(Shared {
@@ -168,38 +151,24 @@ impl Worker {
             config: self.config,
         });
 
-        let mut delays = RetryPolicy::reconnect().backoff();
-        loop {
-            match session::run(&shared, &shutdown).await {
-                Ok(End::Stopped) => break,
-                Ok(End::Lost(_)) => {
-                    // The session logged why; connect again at once, with
-                    // backoff only if that fails.
-                    delays = RetryPolicy::reconnect().backoff();
-                }
-                Err(error) => {
-                    let delay = delays.next().unwrap_or(Duration::from_secs(10));
-                    warn!(
-                        url = %shared.config.amqp_url,
-                        error = %error,
-                        delay_ms = delay.as_millis() as u64,
-                        "cannot connect the task worker, retrying"
-                    );
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
-        self.ops_stop.cancel();
-        if let Err(error) = self.ops.stopped().await {
-            warn!(error = %error, "ops server stopped with an error");
-        }
+        // Each session watches the signal itself and drains before it
+        // returns; the loop only decides when to connect again.
+        keep_connected(
+            "task worker",
+            &shared.config.amqp_url,
+            &shutdown.token(),
+            || session::run(&shared, &shutdown),
+        )
+        .await;
+        self.ops.stop().await;
         Ok(())
     }
 }
 
-async fn list_contacts(State(contacts): State<ContactDirectory>) -> Json<Vec<Contact>> {
-    Json(contacts.list())
+/// Builds the worker and runs it until `shutdown` fires.
+pub async fn run(config: Config, shutdown: Shutdown) -> anyhow::Result<()> {
+    Application::build(config)
+        .await?
+        .run_until_stopped(shutdown)
+        .await
 }

@@ -1,8 +1,8 @@
 //! Confirmed, persistent task publishing with reconnection.
 //!
 //! A [`TaskPublisher`] owns one AMQP connection and one channel in confirm
-//! mode, kept alive by a background task: it connects with
-//! [`RetryPolicy::reconnect`] backoff, declares the work queue of the [`Topology`] every time
+//! mode, kept alive by a background task: it connects with the backoff of
+//! [`keep_connected`], declares the work queue of the [`Topology`] every time
 //! (a restarted broker may have lost non-durable state, and a fresh broker
 //! has no queues at all), and reconnects when the connection drops.
 //!
@@ -10,7 +10,7 @@
 //! message, so a caller that got `Ok` knows the task is on disk in a durable
 //! queue. Many publishes share the channel at once: a semaphore of
 //! `max_unconfirmed` permits bounds the window of unconfirmed messages (the
-//! seed's one-at-a-time wait is the special case `max_unconfirmed = 1`). A
+//! one-at-a-time wait of a plain client is the special case `max_unconfirmed = 1`). A
 //! nack, a lost confirm, a broken connection, or a message returned
 //! unroutable (publishes are `mandatory`: a deleted queue is declared again
 //! rather than the message dropped) sends the same message again until `publish_timeout` runs out; only then does `publish` return `Err`,
@@ -30,12 +30,13 @@ use std::{
 };
 
 use common::{
+    clock::now_millis,
     codec::{CONTENT_TYPE_HEADER, Codec, CodecError, ContentType},
     config::SecretUrl,
     propagation,
-    retry::{RetryPolicy, Retryable},
+    reconnect::{Session, keep_connected},
+    retry::Retryable,
     shutdown::Shutdown,
-    task::{Task, now_millis},
 };
 use futures::StreamExt;
 use lapin::{
@@ -47,7 +48,10 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::topology::{DEFAULT_TASK_QUEUE, Topology};
+use crate::{
+    task::Task,
+    topology::{DEFAULT_TASK_QUEUE, Topology},
+};
 
 /// AMQP delivery mode of a message that survives a broker restart.
 const PERSISTENT: u8 = 2;
@@ -181,8 +185,8 @@ pub struct TaskPublisher {
 
 impl TaskPublisher {
     /// Returns at once; connects (and after a broker restart reconnects) in
-    /// the background with [`RetryPolicy::reconnect`], declaring the topology
-    /// each time.
+    /// the background with [`keep_connected`], declaring the topology each
+    /// time.
     pub fn start(config: PublisherConfig, shutdown: Shutdown) -> Self {
         let (link_tx, link_rx) = watch::channel(None);
         let (connected_tx, connected_rx) = watch::channel(false);
@@ -199,7 +203,7 @@ impl TaskPublisher {
             published: {
                 // The handle binds to the recorder installed now; make sure it is ours.
                 common::metrics::install();
-                metrics::counter!("messages_published_total", "queue" => config.queue.clone())
+                metrics::counter!(common::metrics::MESSAGES_PUBLISHED, "queue" => config.queue.clone())
             },
             config: config.clone(),
         });
@@ -382,91 +386,121 @@ impl TaskPublisher {
     }
 }
 
-/// Connects, declares, hands the channel out, and starts over when it breaks.
+/// Connects, declares, hands the channel out, and starts over when it
+/// breaks: one [`keep_connected`] session per connection.
+///
+/// Reconnecting stops with the service's shutdown or [`TaskPublisher::close`]
+/// (`stop` fires on either), but only `close` or the last handle going away
+/// ends a live session: after the shutdown signal the connection stays up
+/// for the work still draining, and is just not replaced once lost.
 async fn maintain_connection(
     config: PublisherConfig,
     link: watch::Sender<Option<Link>>,
     connected: watch::Sender<bool>,
-    mut broken: mpsc::UnboundedReceiver<u64>,
+    broken: mpsc::UnboundedReceiver<u64>,
     shutdown: Shutdown,
     closing: CancellationToken,
 ) {
-    let topology = Topology::new(config.queue.clone());
-    let mut generation = 0u64;
-    loop {
-        let established = tokio::select! {
-            () = shutdown.cancelled() => None,
-            () = closing.cancelled() => None,
-            established = connect_with_backoff(&config, &topology) => Some(established),
+    let connection = PublisherConnection {
+        topology: Topology::new(config.queue.clone()),
+        config,
+        link,
+        connected,
+        broken: tokio::sync::Mutex::new(broken),
+        closing,
+        generation: AtomicU64::new(0),
+    };
+    let stop = connection.closing.child_token();
+    let follow_shutdown = async {
+        tokio::select! {
+            () = shutdown.cancelled() => stop.cancel(),
+            () = stop.cancelled() => {}
+        }
+    };
+    let reconnect = async {
+        keep_connected("task publisher", &connection.config.amqp_url, &stop, || {
+            connection.session(&stop)
+        })
+        .await;
+        // Also ends `follow_shutdown` when the loop ended by itself.
+        stop.cancel();
+    };
+    tokio::join!(follow_shutdown, reconnect);
+    debug!("task publisher stopped");
+}
+
+/// What the background task of a [`TaskPublisher`] keeps between sessions.
+#[derive(Debug)]
+struct PublisherConnection {
+    config: PublisherConfig,
+    /// The work queue to declare on every new connection.
+    topology: Topology,
+    /// Where publishers find the current channel.
+    link: watch::Sender<Option<Link>>,
+    /// Readiness.
+    connected: watch::Sender<bool>,
+    /// Generations whose channel failed (sessions never overlap: the lock is
+    /// only ever taken by the one running session).
+    broken: tokio::sync::Mutex<mpsc::UnboundedReceiver<u64>>,
+    /// Fired by [`TaskPublisher::close`].
+    closing: CancellationToken,
+    /// Numbers the connections.
+    generation: AtomicU64,
+}
+
+impl PublisherConnection {
+    /// One connection: connect and declare (abandoned when `stop` fires
+    /// first), hand the channel out, and wait for it to break, for
+    /// [`TaskPublisher::close`] or for the last handle to go away.
+    async fn session(&self, stop: &CancellationToken) -> Result<Session, lapin::Error> {
+        let (connection, channel) = tokio::select! {
+            () = stop.cancelled() => return Ok(Session::Finished),
+            established = connect(&self.config, &self.topology) => established?,
         };
-        let Some((connection, channel)) = established else {
-            break;
-        };
-        generation += 1;
-        info!(url = %config.amqp_url, queue = %config.queue, "task publisher connected");
-        link.send_replace(Some(Link {
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        info!(url = %self.config.amqp_url, queue = %self.config.queue, "task publisher connected");
+        self.link.send_replace(Some(Link {
             generation,
             channel: channel.clone(),
         }));
-        connected.send_replace(true);
+        self.connected.send_replace(true);
 
+        let mut broken = self.broken.lock().await;
         let mut events = connection.events_listener();
-        let keep_going = loop {
+        let ended = loop {
             tokio::select! {
-                () = closing.cancelled() => break false,
+                () = self.closing.cancelled() => break Session::Finished,
                 event = events.next() => match event {
-                    Some(lapin::Event::Error(error)) => {
-                        warn!(error = %error, "task publisher connection lost");
-                        break true;
-                    }
+                    Some(lapin::Event::Error(error)) => break Session::Lost(error.to_string()),
                     Some(_) => {}
-                    None => break true,
+                    None => break Session::Lost("connection closed".into()),
                 },
                 report = broken.recv() => match report {
                     Some(failed) if failed == generation => {
-                        warn!("task publisher channel failed, reconnecting");
-                        break true;
+                        break Session::Lost("channel failed".into());
                     }
                     Some(_) => {}
                     // Every handle is gone: nobody can publish any more.
-                    None => break false,
+                    None => break Session::Finished,
                 },
             }
         };
-        link.send_replace(None);
-        connected.send_replace(false);
+        self.link.send_replace(None);
+        self.connected.send_replace(false);
         // Channel first: closing the connection under an open channel makes
         // lapin log a spurious error.
         let _ = channel.close(200, ShortString::from("bye")).await;
         if let Err(error) = connection.close(200, ShortString::from("bye")).await {
             debug!(error = %error, "closing a broken connection");
         }
-        if !keep_going || shutdown.is_triggered() {
-            break;
-        }
-    }
-    debug!("task publisher stopped");
-}
-
-async fn connect_with_backoff(
-    config: &PublisherConfig,
-    topology: &Topology,
-) -> (Connection, Channel) {
-    let mut delays = RetryPolicy::reconnect().backoff();
-    loop {
-        match connect(config, topology).await {
-            Ok(established) => return established,
-            Err(error) => {
-                let delay = delays.next().unwrap_or(Duration::from_secs(10));
-                warn!(
-                    url = %config.amqp_url,
-                    error = %error,
-                    delay_ms = delay.as_millis() as u64,
-                    "cannot connect the task publisher, retrying"
-                );
-                tokio::time::sleep(delay).await;
+        Ok(match ended {
+            // After the shutdown signal a lost connection is not replaced.
+            Session::Lost(reason) if stop.is_cancelled() => {
+                warn!(reason, "task publisher connection lost during shutdown");
+                Session::Finished
             }
-        }
+            ended => ended,
+        })
     }
 }
 
