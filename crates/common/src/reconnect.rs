@@ -57,10 +57,36 @@ impl Delays {
         self.backoff = self.policy.backoff();
     }
 
+    /// Logs an attempt that could not connect; the delay before the next one.
+    fn after_failure(
+        &mut self,
+        what: &str,
+        target: &(dyn fmt::Display + Sync),
+        error: &dyn fmt::Display,
+    ) -> std::time::Duration {
+        let delay = self.next();
+        tracing::warn!(
+            what,
+            %target,
+            %error,
+            delay_ms = delay.as_millis() as u64,
+            "cannot connect, retrying"
+        );
+        delay
+    }
+
     /// The next delay; the policy's longest once the backoff gives up (it
     /// never does for `reconnect`, but the fallback is the same everywhere).
     fn next(&mut self) -> std::time::Duration {
         self.backoff.next().unwrap_or(self.policy.max_delay)
+    }
+}
+
+/// Waits `delay`; `false` when `stop` fired first.
+async fn pause(stop: &CancellationToken, delay: std::time::Duration) -> bool {
+    tokio::select! {
+        () = stop.cancelled() => false,
+        () = tokio::time::sleep(delay) => true,
     }
 }
 
@@ -98,21 +124,10 @@ pub async fn keep_connected<S, F, E>(
                 );
                 delay
             }
-            Err(error) => {
-                let delay = delays.next();
-                tracing::warn!(
-                    what,
-                    %target,
-                    %error,
-                    delay_ms = delay.as_millis() as u64,
-                    "cannot connect, retrying"
-                );
-                delay
-            }
+            Err(error) => delays.after_failure(what, target, &error),
         };
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(delay) => {}
+        if !pause(stop, delay).await {
+            return;
         }
     }
 }
@@ -139,17 +154,8 @@ where
         match attempt {
             Ok(connected) => return Some(connected),
             Err(error) => {
-                let delay = delays.next();
-                tracing::warn!(
-                    what,
-                    %target,
-                    %error,
-                    delay_ms = delay.as_millis() as u64,
-                    "cannot connect, retrying"
-                );
-                tokio::select! {
-                    () = stop.cancelled() => return None,
-                    () = tokio::time::sleep(delay) => {}
+                if !pause(stop, delays.after_failure(what, target, &error)).await {
+                    return None;
                 }
             }
         }
