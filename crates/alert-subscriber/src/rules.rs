@@ -150,7 +150,8 @@ pub fn validate_rules(rules: &Rules) -> Result<(), ConfigError> {
 }
 
 /// How bad a sensor currently is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Level {
     /// Inside the thresholds.
     #[default]
@@ -185,19 +186,37 @@ pub enum Verdict {
     },
 }
 
-#[derive(Debug, Clone, Copy, Default)]
-struct SensorState {
-    level: Level,
-    last_seq: u64,
+/// Where one sensor stands: what the next reading is evaluated against, and
+/// what a new owner of the sensor's partition continues from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SensorState {
+    /// The level its readings so far put it at.
+    pub level: Level,
+    /// The highest `seq` evaluated (0: none numbered yet).
+    pub last_seq: u64,
 }
 
-/// The per-sensor levels of one subscriber instance.
-#[derive(Debug, Default)]
+/// The states of every sensor one evaluator has seen, by sensor id.
+pub type SensorStates = HashMap<String, SensorState>;
+
+/// The per-sensor levels of one evaluator (an instance in core mode, a lane
+/// in partitioned mode).
+#[derive(Debug, Default, Clone)]
 pub struct AlertEngine {
-    sensors: HashMap<String, SensorState>,
+    sensors: SensorStates,
 }
 
 impl AlertEngine {
+    /// An engine continuing from `sensors` (a checkpoint).
+    pub fn from_states(sensors: SensorStates) -> Self {
+        AlertEngine { sensors }
+    }
+
+    /// Every sensor's state, for a checkpoint.
+    pub fn states(&self) -> &SensorStates {
+        &self.sensors
+    }
+
     /// Evaluates a reading of `sensor_id` against `rules`.
     pub fn evaluate(
         &mut self,

@@ -284,6 +284,7 @@ fn client_config(service: &UserServiceUnderTest) -> ClientConfig {
         timeout: Duration::from_secs(5),
         retry: RetryPolicy::rpc(),
         breaker: BreakerConfig::default(),
+        ..ClientConfig::default()
     }
 }
 

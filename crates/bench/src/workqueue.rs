@@ -251,6 +251,7 @@ async fn our_publish(args: Args) -> anyhow::Result<f64> {
             content_type: ContentType::Protobuf,
             max_unconfirmed: args.window,
             publish_timeout: Duration::from_secs(30),
+            ..PublisherConfig::default()
         },
         shutdown.clone(),
     );

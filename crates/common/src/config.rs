@@ -14,13 +14,23 @@
 //! URLs with credentials are [`SecretUrl`]s: their `Debug` and `Display`
 //! print `amqp://guest:***@host`, so a config can be logged whole.
 //!
+//! Every standard variable can instead be given as `<NAME>_FILE`, the path
+//! of a file holding the value (`AMQP_URL_FILE=/run/secrets/amqp_url`): the
+//! convention of Kubernetes and Docker secrets, so a secret never has to sit
+//! in the environment. One trailing newline is dropped; both forms set at
+//! once, or a file that cannot be read, is an error naming the variable and
+//! the path (never the content).
+//!
+//! [`ConfigSource::load_traced`] also says where each key came from
+//! ([`Provenance`]), for `GET /config` (see [`crate::effective_config`]).
+//!
 //! [`watch_file`] follows the file's directory (so the symlink swap of a
 //! Kubernetes ConfigMap update is seen), reloads and validates, and hands
 //! changed values to the running service; an invalid edit is logged and the
 //! old values stay.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     fmt,
     path::{Path, PathBuf},
     time::Duration,
@@ -30,6 +40,8 @@ use notify::{RecursiveMode, Watcher};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+
+use crate::effective_config::{self, EffectiveConfig, Origin, Provenance};
 
 /// Environment prefix for keys without a standard variable:
 /// `SWITCHYARD__OPS__ADDR=0.0.0.0:9102` sets `ops.addr`.
@@ -56,7 +68,7 @@ pub enum ConfigError {
     Renamed {
         /// The old key, dotted.
         key: String,
-        /// What to write instead, e.g. `ack_wait = "250ms"`.
+        /// What to write instead, e.g. `lease_ttl = "5s"`.
         replacement: String,
     },
     /// The config file named by `--config` or `CONFIG_FILE` does not exist.
@@ -66,6 +78,24 @@ pub enum ConfigError {
     /// unknown key); config-rs names the key.
     #[error("cannot load config: {0}")]
     Load(String),
+    /// A standard variable is set both directly and as `<NAME>_FILE`.
+    #[error("both {variable} and {file_variable} are set: give the value one way")]
+    BothSet {
+        /// The variable, e.g. `AMQP_URL`.
+        variable: String,
+        /// Its file form, e.g. `AMQP_URL_FILE`.
+        file_variable: String,
+    },
+    /// The file named by a `<NAME>_FILE` variable cannot be read or is empty.
+    #[error("cannot read {file_variable}={}: {reason}", path.display())]
+    SecretFile {
+        /// The `_FILE` variable, e.g. `AMQP_URL_FILE`.
+        file_variable: String,
+        /// The file it names.
+        path: PathBuf,
+        /// Why (the I/O error, or "the file is empty"); never the content.
+        reason: String,
+    },
     /// The config file cannot be watched.
     #[error("cannot watch {path}: {reason}")]
     Watch {
@@ -97,7 +127,7 @@ impl ConfigError {
     }
 
     /// For [`ConfigError::Renamed`], the old key and what to write instead,
-    /// e.g. `("ack_wait_ms", "ack_wait = \"250ms\"")`; `None` for any other error.
+    /// e.g. `("lease_ttl_ms", "lease_ttl = \"5s\"")`; `None` for any other error.
     pub fn renamed(&self) -> Option<(&str, &str)> {
         match self {
             ConfigError::Renamed { key, replacement } => Some((key, replacement)),
@@ -161,26 +191,54 @@ impl ConfigSource {
     where
         T: Default + Serialize + DeserializeOwned + Validate,
     {
+        self.load_traced().map(|(value, _)| value)
+    }
+
+    /// As [`ConfigSource::load`], and where each key came from.
+    pub fn load_traced<T>(&self) -> Result<(T, Provenance), ConfigError>
+    where
+        T: Default + Serialize + DeserializeOwned + Validate,
+    {
         let env = match &self.env {
             Some(env) => env.clone(),
             None => std::env::vars().collect(),
         };
+        // The keys each layer sets, later layers overwriting earlier ones.
+        let mut overrides = BTreeMap::new();
         let mut builder =
             config::Config::builder().add_source(config::Config::try_from(&T::default())?);
         if let Some(file) = &self.file {
             if !file.exists() {
                 return Err(ConfigError::MissingFile(file.clone()));
             }
-            builder = builder
-                .add_source(config::File::from(file.as_path()).format(config::FileFormat::Toml));
+            let source = config::File::from(file.as_path()).format(config::FileFormat::Toml);
+            let in_file: serde_json::Value = config::Config::builder()
+                .add_source(source.clone())
+                .build()?
+                .try_deserialize()?;
+            for (key, _) in effective_config::leaves(&in_file) {
+                overrides.insert(key, Origin::File { path: file.clone() });
+            }
+            builder = builder.add_source(source);
         }
         // Only variables with the prefix are offered to config-rs: PATH, HOME
         // and the like must not become keys.
+        let prefix = format!("{ENV_PREFIX}__");
         let prefixed: config::Map<String, String> = env
             .iter()
-            .filter(|(name, _)| name.starts_with(&format!("{ENV_PREFIX}__")))
+            .filter(|(name, _)| name.starts_with(&prefix))
             .map(|(name, value)| (name.clone(), value.clone()))
             .collect();
+        for name in prefixed.keys() {
+            // As config-rs maps it: `SWITCHYARD__LIMITS__CRITICAL` → `limits.critical`.
+            let key = name[prefix.len()..].to_lowercase().replace("__", ".");
+            overrides.insert(
+                key,
+                Origin::Env {
+                    variable: name.clone(),
+                },
+            );
+        }
         builder = builder.add_source(
             config::Environment::with_prefix(ENV_PREFIX)
                 .prefix_separator("__")
@@ -189,15 +247,68 @@ impl ConfigSource {
                 .source(Some(prefixed)),
         );
         for (variable, key) in &self.env_keys {
-            if let Some(value) = env.get(*variable).filter(|value| !value.is_empty()) {
-                builder = builder.set_override(*key, value.as_str())?;
+            if let Some((value, origin)) = standard_variable(&env, variable)? {
+                builder = builder.set_override(*key, value)?;
+                overrides.insert(key.to_string(), origin);
             }
         }
         let merged = builder.build()?;
         reject_retired_keys("", &merged.clone().try_deserialize()?)?;
         let value: T = merged.try_deserialize()?;
         value.validate()?;
-        Ok(value)
+        let provenance = Provenance::new(
+            serde_json::to_value(&value).unwrap_or_default(),
+            overrides,
+            self.file.clone(),
+        );
+        effective_config::record_load(&provenance);
+        Ok((value, provenance))
+    }
+}
+
+/// The value of the standard variable `variable` and where it came from:
+/// the variable itself, or the file its `<NAME>_FILE` form names. `None`
+/// when neither is set (an empty value counts as unset).
+fn standard_variable(
+    env: &HashMap<String, String>,
+    variable: &str,
+) -> Result<Option<(String, Origin)>, ConfigError> {
+    let file_variable = format!("{variable}_FILE");
+    let set = |name: &str| env.get(name).filter(|value| !value.is_empty());
+    match (set(variable), set(&file_variable)) {
+        (Some(_), Some(_)) => Err(ConfigError::BothSet {
+            variable: variable.to_string(),
+            file_variable,
+        }),
+        (Some(value), None) => Ok(Some((
+            value.clone(),
+            Origin::Env {
+                variable: variable.to_string(),
+            },
+        ))),
+        (None, Some(path)) => {
+            let path = PathBuf::from(path);
+            let unreadable = |reason: String| ConfigError::SecretFile {
+                file_variable: file_variable.clone(),
+                path: path.clone(),
+                reason,
+            };
+            let text = std::fs::read_to_string(&path).map_err(|e| unreadable(e.to_string()))?;
+            // `echo secret > file` and editors end the file with a newline
+            // that is not part of the secret.
+            let value = text.trim_end_matches(['\n', '\r']);
+            if value.is_empty() {
+                return Err(unreadable("the file is empty".into()));
+            }
+            Ok(Some((
+                value.to_string(),
+                Origin::EnvFile {
+                    variable: file_variable.clone(),
+                    path: path.clone(),
+                },
+            )))
+        }
+        (None, None) => Ok(None),
     }
 }
 
@@ -224,6 +335,92 @@ impl SecretUrl {
             .map(|(scheme, _)| scheme.to_ascii_lowercase())
             .unwrap_or_default()
     }
+}
+
+/// The credentials a URL carries in its userinfo, taken out of it by
+/// [`SecretUrl::split_credentials`]. `Debug` never prints them.
+#[derive(Clone, PartialEq, Eq)]
+pub enum UrlCredentials {
+    /// `scheme://user:password@host`.
+    UserPassword {
+        /// The user.
+        user: String,
+        /// The password.
+        password: String,
+    },
+    /// `scheme://secret@host`: NATS reads a bare userinfo as a token.
+    Token(String),
+}
+
+impl fmt::Debug for UrlCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UrlCredentials::UserPassword { user, .. } => {
+                write!(f, "UserPassword {{ user: {user:?}, password: *** }}")
+            }
+            UrlCredentials::Token(_) => f.write_str("Token(***)"),
+        }
+    }
+}
+
+impl SecretUrl {
+    /// The URL (or comma-separated URLs) without credentials, and the
+    /// credentials of the first URL that has some, percent-decoded: for a
+    /// client that logs the URL it connects to (async-nats does, at debug
+    /// level, password included), so the credentials can be handed to it
+    /// apart from the URL.
+    pub fn split_credentials(&self) -> (String, Option<UrlCredentials>) {
+        let mut credentials = None;
+        let urls = self
+            .0
+            .split(',')
+            .map(|one| {
+                let one = one.trim();
+                let (scheme, rest) = match one.split_once("://") {
+                    Some((scheme, rest)) => (format!("{scheme}://"), rest),
+                    None => (String::new(), one),
+                };
+                let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+                let (authority, path) = rest.split_at(authority_end);
+                let Some((userinfo, host)) = authority.rsplit_once('@') else {
+                    return one.to_string();
+                };
+                if credentials.is_none() {
+                    credentials = Some(match userinfo.split_once(':') {
+                        Some((user, password)) => UrlCredentials::UserPassword {
+                            user: percent_decoded(user),
+                            password: percent_decoded(password),
+                        },
+                        None => UrlCredentials::Token(percent_decoded(userinfo)),
+                    });
+                }
+                format!("{scheme}{host}{path}")
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        (urls, credentials)
+    }
+}
+
+/// `%40` → `@` and so on; a `%` not followed by two hex digits stays as is.
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |at: usize| bytes.get(at).and_then(|byte| (*byte as char).to_digit(16));
+        match (bytes[i], hex(i + 1), hex(i + 2)) {
+            (b'%', Some(high), Some(low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (byte, _, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl fmt::Debug for SecretUrl {
@@ -276,7 +473,7 @@ pub fn redact_url(url: &str) -> String {
 /// Serde for a [`Duration`] written the way people write one: `"250ms"`,
 /// `"30s"`, `"5m"`, `"1h"`, or a sum such as `"1m30s"`; `"0"` (or `0`) is
 /// zero. The one duration convention of every config file and variable:
-/// key names carry no unit (`ack_wait = "30s"`, never `ack_wait_ms`).
+/// key names carry no unit (`lease_ttl = "5s"`, never `lease_ttl_ms`).
 ///
 /// A bare number other than 0 is refused rather than guessed at: `30` could
 /// mean seconds or milliseconds, and a wrong guess is off by a factor of 1000.
@@ -440,7 +637,7 @@ const RETIRED_UNIT_SUFFIXES: [(&str, &str); 3] =
 const RENAMED_STEMS: [(&str, &str); 1] = [("drain_grace", "shutdown_grace")];
 
 /// Fails on a key written in the retired unit-in-the-name convention
-/// (`ack_wait_ms = 30000`, `window_secs = 60`), naming the key to write
+/// (`lease_ttl_ms = 5000`, `window_secs = 60`), naming the key to write
 /// instead, so an old config file fails at start instead of being half-read.
 fn reject_retired_keys(
     prefix: &str,
@@ -483,6 +680,11 @@ const RELOAD_DEBOUNCE: Duration = Duration::from_millis(250);
 /// `reload` is called after changes in the file's directory; when it fails
 /// the error is logged, `config_reloads_total{outcome="rejected"}` counts it,
 /// and the receiver keeps the previous value. The watcher stops with `stop`.
+///
+/// Called inside a service's [`EffectiveConfig::scope`], an applied reload
+/// also updates what `GET /config` shows and its load time: the reloaded
+/// value (the whole config or one part) replaces the part of the config it
+/// was taken from, with the origins of the [`ConfigSource`] load `reload` made.
 pub fn watch_file<T, F>(
     path: &Path,
     initial: T,
@@ -490,7 +692,7 @@ pub fn watch_file<T, F>(
     stop: CancellationToken,
 ) -> Result<watch::Receiver<T>, ConfigError>
 where
-    T: PartialEq + Send + Sync + 'static,
+    T: PartialEq + Serialize + Send + Sync + 'static,
     F: Fn() -> Result<T, ConfigError> + Send + 'static,
 {
     let watch_error = |error: notify::Error| ConfigError::Watch {
@@ -518,6 +720,8 @@ where
 
     let (value_tx, value_rx) = watch::channel(initial);
     let path = path.to_path_buf();
+    // Taken here, in the service's scope: the spawned task is outside it.
+    let effective = EffectiveConfig::current();
     tokio::spawn(async move {
         // Owned by the task: dropping the watcher stops the events.
         let _watcher = watcher;
@@ -528,8 +732,10 @@ where
             }
             tokio::time::sleep(RELOAD_DEBOUNCE).await;
             while event_rx.try_recv().is_ok() {}
-            match reload() {
+            let (reloaded, loaded) = effective_config::capture_load(&reload);
+            match reloaded {
                 Ok(value) => {
+                    let part = effective.as_ref().map(|_| serde_json::to_value(&value));
                     let changed = value_tx.send_if_modified(|current| {
                         if *current == value {
                             return false;
@@ -538,12 +744,18 @@ where
                         true
                     });
                     if changed {
+                        if let (Some(effective), Some(Ok(part))) = (&effective, &part) {
+                            effective.reloaded(part, loaded.as_ref());
+                        }
                         metrics::counter!(crate::metrics::CONFIG_RELOADS, "outcome" => "applied")
                             .increment(1);
                         tracing::info!(path = %path.display(), "config reloaded");
                     }
                 }
                 Err(error) => {
+                    if let Some(effective) = &effective {
+                        effective.reload_rejected();
+                    }
                     metrics::counter!(crate::metrics::CONFIG_RELOADS, "outcome" => "rejected")
                         .increment(1);
                     tracing::error!(path = %path.display(), %error, "config reload rejected, keeping the previous values");
@@ -839,6 +1051,164 @@ mod tests {
         assert_eq!(SecretUrl::new("postgres://x").scheme(), "postgres");
     }
 
+    #[test]
+    fn a_standard_variable_can_be_read_from_the_file_its_file_form_names() {
+        let dir = TempDir::new();
+        let secret = dir.0.join("amqp_url");
+        std::fs::write(&secret, "amqp://app:s3cr3t@rabbit:5672/%2f\n").unwrap();
+        let path = secret.display().to_string();
+        let (loaded, provenance) = source(None, &[("AMQP_URL_FILE", path.as_str())])
+            .load_traced::<Example>()
+            .unwrap();
+        assert_eq!(
+            loaded.amqp_url.expose(),
+            "amqp://app:s3cr3t@rabbit:5672/%2f",
+            "the trailing newline is not part of the secret"
+        );
+        assert_eq!(
+            provenance.origin("amqp_url"),
+            Origin::EnvFile {
+                variable: "AMQP_URL_FILE".into(),
+                path: secret.clone(),
+            }
+        );
+    }
+
+    #[test]
+    fn a_secret_given_twice_or_unreadable_is_an_error_naming_the_variable_and_path() {
+        let dir = TempDir::new();
+        let secret = dir.0.join("nats_url");
+        std::fs::write(&secret, "nats://u:hunter2@a:4222").unwrap();
+        let path = secret.display().to_string();
+        let both = source(
+            None,
+            &[("NATS_URL", "nats://b:4222"), ("NATS_URL_FILE", &path)],
+        )
+        .load::<Example>()
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            both,
+            "both NATS_URL and NATS_URL_FILE are set: give the value one way"
+        );
+
+        let missing = dir.0.join("absent");
+        let error = source(
+            None,
+            &[("NATS_URL_FILE", missing.display().to_string().as_str())],
+        )
+        .load::<Example>()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with(&format!(
+                "cannot read NATS_URL_FILE={}: ",
+                missing.display()
+            )),
+            "{error}"
+        );
+
+        let empty = dir.0.join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let error = source(
+            None,
+            &[("NATS_URL_FILE", empty.display().to_string().as_str())],
+        )
+        .load::<Example>()
+        .unwrap_err()
+        .to_string();
+        assert!(error.ends_with("the file is empty"), "{error}");
+    }
+
+    #[test]
+    fn the_provenance_names_the_default_the_file_or_the_variable_of_each_key() {
+        let dir = TempDir::new();
+        let file = dir.0.join("service.toml");
+        std::fs::write(&file, "workers = 8\n[limits]\nwarning = 25.0\n").unwrap();
+        let (_, provenance) = source(
+            Some(file.clone()),
+            &[
+                ("NATS_URL", "nats://env:4222"),
+                ("SWITCHYARD__LIMITS__CRITICAL", "45.5"),
+            ],
+        )
+        .load_traced::<Example>()
+        .unwrap();
+        let file_origin = Origin::File { path: file };
+        assert_eq!(provenance.origin("workers"), file_origin);
+        assert_eq!(provenance.origin("limits.warning"), file_origin);
+        assert_eq!(
+            provenance.origin("limits.critical"),
+            Origin::Env {
+                variable: "SWITCHYARD__LIMITS__CRITICAL".into()
+            }
+        );
+        assert_eq!(
+            provenance.origin("nats_url"),
+            Origin::Env {
+                variable: "NATS_URL".into()
+            }
+        );
+        assert_eq!(provenance.origin("timeout"), Origin::Default);
+
+        let report = EffectiveConfig::loaded("example", provenance).report();
+        let settings = &report["settings"];
+        assert_eq!(settings["workers"]["value"], 8);
+        assert_eq!(settings["workers"]["source"], "file");
+        assert_eq!(settings["limits.critical"]["source"], "env");
+        assert_eq!(
+            settings["limits.critical"]["variable"],
+            "SWITCHYARD__LIMITS__CRITICAL"
+        );
+        assert_eq!(settings["timeout"]["value"], "500ms");
+        assert_eq!(settings["timeout"]["source"], "default");
+        assert_eq!(
+            settings["amqp_url"]["value"],
+            "amqp://***@127.0.0.1:5672/%2f"
+        );
+        assert!(!report.to_string().contains("guest:guest"), "{report}");
+    }
+
+    #[test]
+    fn a_value_the_program_changes_after_loading_is_given() {
+        let (mut loaded, provenance) = source(None, &[("NATS_URL", "nats://env:4222")])
+            .load_traced::<Example>()
+            .unwrap();
+        let effective = EffectiveConfig::loaded("example", provenance);
+        loaded.workers = 9;
+        effective.settle(&loaded);
+        let report = effective.report();
+        assert_eq!(report["settings"]["workers"]["value"], 9);
+        assert_eq!(report["settings"]["workers"]["source"], "given");
+        assert_eq!(report["settings"]["nats_url"]["source"], "env");
+    }
+
+    #[test]
+    fn credentials_come_out_of_a_url_decoded_and_never_print() {
+        let (urls, credentials) =
+            SecretUrl::new("nats://app:p%40ss@a:4222, nats://app:p%40ss@b:4222/x")
+                .split_credentials();
+        assert_eq!(urls, "nats://a:4222,nats://b:4222/x");
+        assert_eq!(
+            credentials,
+            Some(UrlCredentials::UserPassword {
+                user: "app".into(),
+                password: "p@ss".into()
+            })
+        );
+        assert!(!format!("{credentials:?}").contains("p@ss"));
+        let (url, token) = SecretUrl::new("nats://t0k3n@a:4222").split_credentials();
+        assert_eq!(
+            (url.as_str(), token),
+            ("nats://a:4222", Some(UrlCredentials::Token("t0k3n".into())))
+        );
+        assert_eq!(
+            SecretUrl::new("nats://a:4222").split_credentials(),
+            ("nats://a:4222".to_string(), None)
+        );
+        assert_eq!(percent_decoded("100%"), "100%");
+    }
+
     async fn next_value<T: Clone>(rx: &mut watch::Receiver<T>) -> T {
         tokio::time::timeout(Duration::from_secs(10), rx.changed())
             .await
@@ -874,6 +1244,68 @@ mod tests {
 
         std::fs::write(&file, "[limits]\nwarning = 32.0\ncritical = 42.0\n").unwrap();
         assert_eq!(next_value(&mut rx).await.limits.critical, 42.0);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn an_applied_reload_moves_the_load_time_and_shows_the_new_values() {
+        let dir = TempDir::new();
+        let file = dir.0.join("rules.toml");
+        std::fs::write(&file, "[limits]\nwarning = 30.0\ncritical = 40.0\n").unwrap();
+        let load = source(Some(file.clone()), &[]);
+        let (initial, provenance) = load.load_traced::<Example>().unwrap();
+        let effective = EffectiveConfig::loaded("example", provenance);
+        let stop = CancellationToken::new();
+        // Only the limits are reloaded, as alert-subscriber reloads its rules.
+        let mut rx = effective
+            .clone()
+            .scope(async {
+                watch_file(
+                    &file,
+                    initial.limits.clone(),
+                    move || load.load::<Example>().map(|config| config.limits),
+                    stop.clone(),
+                )
+            })
+            .await
+            .unwrap();
+        let first = effective.report();
+        assert_eq!(first["reloads"]["applied"], 0);
+
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        std::fs::write(
+            &file,
+            "workers = 7\n[limits]\nwarning = 31.0\ncritical = 41.0\n",
+        )
+        .unwrap();
+        assert_eq!(next_value(&mut rx).await.critical, 41.0);
+        let second = effective.report();
+        assert!(
+            second["loaded_at_unix_ms"].as_u64() > first["loaded_at_unix_ms"].as_u64(),
+            "{first} then {second}"
+        );
+        assert_eq!(second["reloads"]["applied"], 1);
+        let settings = &second["settings"];
+        assert_eq!(settings["limits.critical"]["value"], 41.0);
+        assert_eq!(settings["limits.critical"]["source"], "file");
+        assert_eq!(
+            (
+                &settings["workers"]["value"],
+                &settings["workers"]["source"]
+            ),
+            (&serde_json::json!(4), &serde_json::json!("default")),
+            "a key outside the reloaded part keeps the value in force"
+        );
+
+        std::fs::write(&file, "[limits]\nwarning = 50.0\ncritical = 41.0\n").unwrap();
+        testkit::eventually("the bad edit rejected", Duration::from_secs(10), || async {
+            (effective.report()["reloads"]["rejected"] == 1).then_some(())
+        })
+        .await;
+        assert_eq!(
+            effective.report()["settings"]["limits.warning"]["value"],
+            31.0
+        );
         stop.cancel();
     }
 

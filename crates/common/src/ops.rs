@@ -5,6 +5,9 @@
 //!   otherwise and during shutdown; the body names each check, so
 //!   `curl :9102/readyz` tells an operator what is missing.
 //! - `GET /metrics`: Prometheus text format (see [`crate::metrics`]).
+//! - `GET /config`: the configuration in force, secrets redacted, where each
+//!   value came from and when it was last (re)loaded (see
+//!   [`crate::effective_config`]).
 //!
 //! A service adds its own routes (monitor-subscriber's `/stats`) by passing
 //! a [`Router`]. Binding to port 0 works: [`OpsServer::local_addr`] tells the
@@ -23,8 +26,11 @@ use axum::{
     response::IntoResponse,
     routing::get,
 };
+use serde::Serialize;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
+
+use crate::effective_config::EffectiveConfig;
 
 /// Named readiness checks, shared between the service and `/readyz`.
 #[derive(Debug, Clone, Default)]
@@ -35,6 +41,8 @@ pub struct Readiness {
 #[derive(Debug, Default)]
 struct ReadinessState {
     checks: BTreeMap<&'static str, bool>,
+    /// Why a check fails, where its owner knows (no secrets: shown on `/readyz`).
+    reasons: BTreeMap<&'static str, String>,
     shutting_down: bool,
 }
 
@@ -57,6 +65,21 @@ impl Readiness {
         }
     }
 
+    /// Says why `check` fails (`None`: no reason, or it passes again);
+    /// shown on `/readyz` under `reasons`. The text must hold no secret.
+    pub fn set_reason(&self, check: &'static str, reason: Option<String>) {
+        let mut state = self.lock();
+        match reason {
+            Some(reason) => state.reasons.insert(check, reason),
+            None => state.reasons.remove(check),
+        };
+    }
+
+    /// Why `check` fails, if its owner said.
+    pub fn reason(&self, check: &str) -> Option<String> {
+        self.lock().reasons.get(check).cloned()
+    }
+
     /// From now on the service reports not ready, so load balancers stop
     /// sending it work while it drains.
     pub fn shutting_down(&self) {
@@ -71,11 +94,15 @@ impl Readiness {
 
     fn report(&self) -> serde_json::Value {
         let state = self.lock();
-        serde_json::json!({
+        let mut report = serde_json::json!({
             "ready": !state.shutting_down && state.checks.values().all(|ready| *ready),
             "shutting_down": state.shutting_down,
             "checks": state.checks,
-        })
+        });
+        if !state.reasons.is_empty() {
+            report["reasons"] = serde_json::json!(state.reasons);
+        }
+        report
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ReadinessState> {
@@ -112,16 +139,21 @@ pub struct OpsServer {
 
 impl OpsServer {
     /// Binds `addr` (port 0 picks a free port) and serves the ops routes plus
-    /// `extra` until [`OpsServer::stop`].
-    pub async fn start(
+    /// `extra` until [`OpsServer::stop`]; `/config` shows `config`, the
+    /// service's configuration in force ([`EffectiveConfig::in_force`]).
+    pub async fn start<C>(
         addr: SocketAddr,
         readiness: Readiness,
+        config: &C,
         extra: Router,
-    ) -> Result<Self, BindError> {
+    ) -> Result<Self, BindError>
+    where
+        C: Serialize + Default,
+    {
         let bind_error = |source| BindError { addr, source };
         let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(bind_error)?;
-        let app = router(readiness).merge(extra);
+        let app = router(readiness, EffectiveConfig::in_force(config)).merge(extra);
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         let task = tokio::spawn(async move {
@@ -162,14 +194,22 @@ impl Drop for OpsServer {
     }
 }
 
-/// The `/healthz`, `/readyz` and `/metrics` routes.
-pub fn router(readiness: Readiness) -> Router {
+/// The `/healthz`, `/readyz`, `/metrics` and `/config` routes.
+pub fn router(readiness: Readiness, effective: EffectiveConfig) -> Router {
     crate::metrics::install();
+    let config_routes = Router::new()
+        .route("/config", get(effective_config))
+        .with_state(effective);
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(readiness)
+        .merge(config_routes)
+}
+
+async fn effective_config(State(effective): State<EffectiveConfig>) -> impl IntoResponse {
+    Json(effective.report())
 }
 
 async fn readyz(State(readiness): State<Readiness>) -> impl IntoResponse {
@@ -198,7 +238,7 @@ mod tests {
     use super::*;
 
     async fn start(readiness: Readiness, extra: Router) -> OpsServer {
-        OpsServer::start("127.0.0.1:0".parse().unwrap(), readiness, extra)
+        OpsServer::start("127.0.0.1:0".parse().unwrap(), readiness, &(), extra)
             .await
             .unwrap()
     }
@@ -215,9 +255,14 @@ mod tests {
     #[tokio::test]
     async fn a_taken_port_is_an_error_naming_the_address() {
         let server = start(Readiness::default(), Router::new()).await;
-        let error = OpsServer::start(server.local_addr(), Readiness::default(), Router::new())
-            .await
-            .unwrap_err();
+        let error = OpsServer::start(
+            server.local_addr(),
+            Readiness::default(),
+            &(),
+            Router::new(),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(error.addr, server.local_addr());
         assert!(
             error.to_string().starts_with(&format!(
@@ -247,12 +292,22 @@ mod tests {
         let report: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(report["checks"]["nats"], false);
 
-        readiness.set("nats", true);
-        assert_eq!(
-            http_get(server.local_addr(), "/readyz").await.0,
-            503,
-            "rabbitmq still missing"
+        readiness.set_reason(
+            "nats",
+            Some("cannot connect to nats://n:4222: refused".into()),
         );
+        let (_, body) = http_get(server.local_addr(), "/readyz").await;
+        let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            report["reasons"]["nats"],
+            "cannot connect to nats://n:4222: refused"
+        );
+        readiness.set_reason("nats", None);
+        readiness.set("nats", true);
+        let (status, body) = http_get(server.local_addr(), "/readyz").await;
+        assert_eq!(status, 503, "rabbitmq still missing");
+        let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(report.get("reasons").is_none(), "{report}");
         readiness.set("rabbitmq", true);
         assert_eq!(http_get(server.local_addr(), "/readyz").await.0, 200);
 
@@ -273,6 +328,36 @@ mod tests {
             body.contains(r#"messages_received_total{subject="ops.test"} 3"#),
             "{body}"
         );
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn config_shows_the_configuration_in_force_redacted() {
+        #[derive(Debug, Default, serde::Serialize)]
+        struct Settings {
+            amqp_url: String,
+            workers: u32,
+        }
+        let settings = Settings {
+            amqp_url: "amqp://app:s3cr3t@rabbit:5672/%2f".into(),
+            workers: 0,
+        };
+        let server = OpsServer::start(
+            "127.0.0.1:0".parse().unwrap(),
+            Readiness::default(),
+            &settings,
+            Router::new(),
+        )
+        .await
+        .unwrap();
+        let (status, body) = http_get(server.local_addr(), "/config").await;
+        assert_eq!(status, 200);
+        assert!(!body.contains("s3cr3t"), "{body}");
+        let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let amqp_url = &report["settings"]["amqp_url"];
+        assert_eq!(amqp_url["value"], "amqp://***@rabbit:5672/%2f");
+        assert_eq!(amqp_url["source"], "given");
+        assert_eq!(report["settings"]["workers"]["source"], "default");
         server.stop().await;
     }
 

@@ -40,6 +40,10 @@
 //!
 //! A binary with options of its own flattens [`ConfigArgs`] into its clap
 //! arguments and calls [`start_with`].
+//!
+//! The service runs inside an [`EffectiveConfig::scope`] holding where each
+//! value of its config came from: its ops server finds it there and serves
+//! it as `GET /config`, without a parameter threaded through every `run`.
 
 use std::{fmt, future::Future, path::PathBuf};
 
@@ -51,6 +55,7 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
     config::{ConfigError, ConfigSource, Validate},
+    effective_config::{EffectiveConfig, Provenance},
     shutdown::Shutdown,
     telemetry::{self, TelemetryError, TelemetryGuard},
 };
@@ -112,6 +117,8 @@ pub struct Service<T> {
     pub config: T,
     /// Where the config came from (its file is the one to watch for reloads).
     pub source: ConfigSource,
+    /// Where each value of the loaded config came from, for `/config`.
+    provenance: Provenance,
     /// Flushes the buffered spans when dropped, after the service has returned.
     telemetry: TelemetryGuard,
 }
@@ -144,19 +151,21 @@ where
     let name = name.into();
     let telemetry = telemetry::init(&name).map_err(StartError::Telemetry)?;
     let source = args.source(env_keys);
-    let config = source.load().map_err(StartError::Config)?;
+    let (config, provenance) = source.load_traced().map_err(StartError::Config)?;
     Ok(Service {
         name,
         config,
         source,
+        provenance,
         telemetry,
     })
 }
 
 impl<T: fmt::Debug> Service<T> {
     /// Logs `starting <name>` with the config (secrets redacted), runs
-    /// `service` with a [`Shutdown`] that fires on SIGTERM or Ctrl-C, and
-    /// returns what it returns once the telemetry is flushed.
+    /// `service` with a [`Shutdown`] that fires on SIGTERM or Ctrl-C, inside
+    /// the scope of its [`EffectiveConfig`], and returns what it returns
+    /// once the telemetry is flushed.
     pub async fn run<F, Fut>(self, service: F) -> Fut::Output
     where
         F: FnOnce(T, Shutdown) -> Fut,
@@ -174,10 +183,12 @@ impl<T: fmt::Debug> Service<T> {
             name,
             config,
             source: _,
+            provenance,
             telemetry,
         } = self;
         tracing::info!(?config, "starting {name}");
-        let output = service(config, shutdown).await;
+        let effective = EffectiveConfig::loaded(&name, provenance);
+        let output = effective.scope(service(config, shutdown)).await;
         drop(telemetry);
         output
     }
@@ -272,15 +283,21 @@ mod tests {
             name: "test-service".into(),
             config: 7_u32,
             source: ConfigSource::default(),
+            provenance: Provenance::default(),
             telemetry: TelemetryGuard::inert(),
         };
         let shutdown = Shutdown::new();
         shutdown.trigger();
         let seen = service
             .run_with(shutdown, |config, shutdown| async move {
-                (config, shutdown.is_triggered())
+                let report = EffectiveConfig::current().map(|effective| effective.report());
+                (config, shutdown.is_triggered(), report)
             })
             .await;
-        assert_eq!(seen, (7, true));
+        assert_eq!((seen.0, seen.1), (7, true));
+        let report = seen
+            .2
+            .expect("the service runs in its effective config's scope");
+        assert_eq!(report["service"], "test-service");
     }
 }

@@ -1,6 +1,7 @@
 //! Logs and traces, set up once per process.
 //!
-//! - Logs: `tracing-subscriber`, filtered by `RUST_LOG` (default `info`),
+//! - Logs: `tracing-subscriber`, filtered by `RUST_LOG` (default `info`; the
+//!   NATS client's own lines are off unless `RUST_LOG` names `async_nats`),
 //!   formatted by `LOG_FORMAT`: `pretty` (default, for a terminal) or `json`
 //!   (one object per line, for a log pipeline).
 //! - Traces: exported over OTLP/gRPC only when `OTEL_EXPORTER_OTLP_ENDPOINT`
@@ -167,8 +168,10 @@ pub fn subscriber<W>(
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
-    let filter = EnvFilter::try_new(config.filter.as_deref().unwrap_or("info"))
-        .map_err(|error| TelemetryError::Filter(error.to_string()))?;
+    let filter = EnvFilter::try_new(with_quiet_clients(
+        config.filter.as_deref().unwrap_or("info"),
+    ))
+    .map_err(|error| TelemetryError::Filter(error.to_string()))?;
     let fmt: Box<dyn Layer<Registry> + Send + Sync> = match config.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
@@ -217,6 +220,17 @@ pub fn init_for_tests() {
             }
         }
     });
+}
+
+/// `filter` with async-nats' own lines off unless it names them: the client
+/// logs every reconnect attempt (an error line per refused login, forever),
+/// while `common::nats` logs each change of the connection's state once.
+fn with_quiet_clients(filter: &str) -> String {
+    if filter.contains("async_nats") {
+        filter.to_string()
+    } else {
+        format!("{filter},async_nats=off")
+    }
 }
 
 #[cfg(test)]
@@ -291,6 +305,15 @@ mod tests {
         assert_eq!(line["message"], "reading rejected");
         assert_eq!(line["sensor_id"], "s1");
         assert_eq!(line["level"], "WARN");
+    }
+
+    #[test]
+    fn the_nats_clients_own_lines_are_off_unless_named() {
+        assert_eq!(with_quiet_clients("info"), "info,async_nats=off");
+        assert_eq!(
+            with_quiet_clients("info,async_nats=debug"),
+            "info,async_nats=debug"
+        );
     }
 
     #[test]

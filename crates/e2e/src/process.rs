@@ -15,14 +15,18 @@ use std::{
 
 use anyhow::Context as _;
 
-/// Path of a workspace binary built by cargo beside the running test.
+/// Path of a workspace binary built by cargo beside the running test (or
+/// beside the running binary, for a tool such as `chaos`).
 pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
-    let test_exe = std::env::current_exe()?;
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = test_exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test executable has no target directory")?;
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> -> target/<profile>/<name>; a binary
+    // sits in target/<profile> itself.
+    let mut dir = exe.parent().context("the executable has no directory")?;
+    if dir.ends_with("deps") {
+        dir = dir
+            .parent()
+            .context("test executable has no target directory")?;
+    }
     let path = dir.join(name);
     anyhow::ensure!(
         path.exists(),
@@ -54,10 +58,34 @@ impl Service {
         env: &[(&str, String)],
         log_dir: &Path,
     ) -> anyhow::Result<Self> {
+        Self::spawn_as(name, name, args, env, log_dir)
+    }
+
+    /// Like [`Service::spawn`], for one of several instances of a binary:
+    /// named `instance` in messages, its output in `<log_dir>/<instance>.log`.
+    pub fn spawn_as(
+        name: &str,
+        instance: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+        log_dir: &Path,
+    ) -> anyhow::Result<Self> {
+        Self::spawn_program(&binary(name)?, instance, args, env, log_dir)
+    }
+
+    /// Like [`Service::spawn_as`], for a program given by its path (another
+    /// build of a service, say).
+    pub fn spawn_program(
+        program: &Path,
+        instance: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+        log_dir: &Path,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(log_dir)?;
-        let log = log_dir.join(format!("{name}.log"));
+        let log = log_dir.join(format!("{instance}.log"));
         let out = File::create(&log)?;
-        let child = Command::new(binary(name)?)
+        let child = Command::new(program)
             .args(args)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("LOG_FORMAT", "json")
@@ -65,9 +93,9 @@ impl Service {
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()
-            .with_context(|| format!("cannot start {name}"))?;
+            .with_context(|| format!("cannot start {}", program.display()))?;
         Ok(Service {
-            name: name.to_string(),
+            name: instance.to_string(),
             child,
             log,
         })
@@ -81,6 +109,12 @@ impl Service {
     /// `true` while the process runs.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL: a crash, nothing drained.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM and waits up to `grace` for a clean exit, then kills.

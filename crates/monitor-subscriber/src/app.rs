@@ -60,15 +60,18 @@ impl Application {
         let ops = OpsServer::start(
             config.ops_addr,
             readiness.clone(),
+            &config,
             report::routes(stats.clone()),
         )
         .await?;
-        let client = common::nats::connect(
+        let client = common::nats::connect_with(
             &NatsOptions {
                 url: config.nats_url.clone(),
                 name: "monitor-subscriber".into(),
                 subscription_capacity: config.subscription_capacity,
             },
+            &config.nats_auth,
+            &config.nats_tls,
             watch,
         )
         .await

@@ -7,11 +7,23 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use common::config::{ConfigError, SecretUrl, Validate};
+use common::{
+    config::{ConfigError, SecretUrl, Validate},
+    nats::NatsAuth,
+    tls::TlsFiles,
+};
 use serde::{Deserialize, Serialize};
 
 /// Standard environment variables and the keys they set.
-pub const ENV_KEYS: &[(&str, &str)] = &[("NATS_URL", "nats_url"), ("OPS_ADDR", "ops_addr")];
+pub const ENV_KEYS: &[(&str, &str)] = &[
+    ("NATS_URL", "nats_url"),
+    ("OPS_ADDR", "ops_addr"),
+    ("NATS_CREDS_FILE", "nats_auth.creds_file"),
+    ("NATS_NKEY_FILE", "nats_auth.nkey_file"),
+    ("NATS_TLS_CA", "nats_tls.ca"),
+    ("NATS_TLS_CERT", "nats_tls.cert"),
+    ("NATS_TLS_KEY", "nats_tls.key"),
+];
 
 /// The longest statistics window: a day of one-second buckets per sensor.
 const MAX_WINDOW: Duration = Duration::from_secs(24 * 3600);
@@ -40,6 +52,13 @@ pub struct Config {
     /// On shutdown, how long buffered readings may take to be counted.
     #[serde(with = "common::config::duration")]
     pub shutdown_grace: Duration,
+    /// How the service authenticates to NATS besides `nats_url`'s own
+    /// credentials: a `.creds` file (`NATS_CREDS_FILE`) or an NKey seed file
+    /// (`NATS_NKEY_FILE`).
+    pub nats_auth: NatsAuth,
+    /// CA and client certificate for NATS (`NATS_TLS_CA`, `NATS_TLS_CERT`,
+    /// `NATS_TLS_KEY`); any of them set means TLS is required.
+    pub nats_tls: TlsFiles,
 }
 
 impl Default for Config {
@@ -53,6 +72,8 @@ impl Default for Config {
             summary_interval: Duration::from_secs(5),
             subscription_capacity: 65_536,
             shutdown_grace: Duration::from_secs(10),
+            nats_auth: NatsAuth::default(),
+            nats_tls: TlsFiles::default(),
         }
     }
 }
@@ -69,6 +90,8 @@ fn is_literal_subject(subject: &str) -> bool {
 
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
+        self.nats_auth.validate(&self.nats_url)?;
+        self.nats_tls.validate("nats_tls")?;
         for (key, subject) in [
             ("subject_prefix", &self.subject_prefix),
             ("stats_subject", &self.stats_subject),
@@ -168,5 +191,53 @@ mod tests {
             error.contains("no unit"),
             "a bare number is refused: {error}"
         );
+    }
+
+    #[test]
+    fn nats_credentials_and_tls_files_come_from_their_variables() {
+        let config: Config = source(
+            None,
+            &[
+                ("NATS_URL", "tls://nats:4222"),
+                ("NATS_NKEY_FILE", "/run/secrets/nats.nk"),
+                ("NATS_TLS_CA", "/etc/switchyard/ca.pem"),
+                ("NATS_TLS_CERT", "/etc/switchyard/client.pem"),
+                ("NATS_TLS_KEY", "/etc/switchyard/client-key.pem"),
+            ],
+        )
+        .load()
+        .unwrap();
+        assert_eq!(
+            config.nats_auth.nkey_file,
+            Some(PathBuf::from("/run/secrets/nats.nk"))
+        );
+        assert_eq!(config.nats_auth.creds_file, None);
+        assert_eq!(
+            config.nats_tls.ca,
+            Some(PathBuf::from("/etc/switchyard/ca.pem"))
+        );
+        assert_eq!(
+            config.nats_tls.key,
+            Some(PathBuf::from("/etc/switchyard/client-key.pem"))
+        );
+
+        // Two ways to authenticate, or a certificate without its key, are refused.
+        let error = source(
+            None,
+            &[
+                ("NATS_URL", "nats://app:pw@nats:4222"),
+                ("NATS_CREDS_FILE", "/run/secrets/app.creds"),
+            ],
+        )
+        .load::<Config>()
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("nats_auth"), "{error}");
+        assert!(!error.contains(":pw@"), "{error}");
+        let error = source(None, &[("NATS_TLS_CERT", "/etc/switchyard/client.pem")])
+            .load::<Config>()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("nats_tls.key"), "{error}");
     }
 }

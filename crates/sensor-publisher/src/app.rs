@@ -57,14 +57,22 @@ impl Application {
         config.validate()?;
         common::metrics::describe(crate::metrics::ALL);
         let readiness = Readiness::new(&[common::nats::READINESS_CHECK]);
-        let ops = OpsServer::start(config.ops_addr, readiness.clone(), axum::Router::new()).await?;
+        let ops = OpsServer::start(
+            config.ops_addr,
+            readiness.clone(),
+            &config,
+            axum::Router::new(),
+        )
+        .await?;
         let run_id = format!("{}.{:08x}", config.publisher_id, rand::random::<u32>());
-        let client = common::nats::connect(
+        let client = common::nats::connect_with(
             &NatsOptions {
                 url: config.nats_url.clone(),
                 name: run_id.clone(),
                 subscription_capacity: 1024,
             },
+            &config.nats_auth,
+            &config.nats_tls,
             ConnectionWatch::with_readiness(readiness.clone()),
         )
         .await
@@ -182,7 +190,12 @@ impl Application {
 async fn ensure_stream(client: &async_nats::Client, config: &Config, shutdown: &Shutdown) -> bool {
     let js = async_nats::jetstream::new(client.clone());
     let stream = until_connected("readings stream", &config.stream, &shutdown.token(), || {
-        common::nats::ensure_sensor_stream(&js, &config.stream, &config.subject_prefix)
+        common::nats::ensure_replicated_sensor_stream(
+            &js,
+            &config.stream,
+            &config.subject_prefix,
+            config.stream_replicas,
+        )
     })
     .await;
     if stream.is_some() {

@@ -11,14 +11,23 @@ use std::{net::SocketAddr, time::Duration};
 use common::{
     codec::ContentType,
     config::{ConfigError, SecretUrl, Validate, duration},
-    nats::DeliveryMode,
+    nats::{DeliveryMode, NatsAuth},
+    tls::TlsFiles,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::fleet::FleetConfig;
 
 /// Standard environment variables and the keys they set.
-pub const ENV_KEYS: &[(&str, &str)] = &[("NATS_URL", "nats_url"), ("OPS_ADDR", "ops_addr")];
+pub const ENV_KEYS: &[(&str, &str)] = &[
+    ("NATS_URL", "nats_url"),
+    ("OPS_ADDR", "ops_addr"),
+    ("NATS_CREDS_FILE", "nats_auth.creds_file"),
+    ("NATS_NKEY_FILE", "nats_auth.nkey_file"),
+    ("NATS_TLS_CA", "nats_tls.ca"),
+    ("NATS_TLS_CERT", "nats_tls.cert"),
+    ("NATS_TLS_KEY", "nats_tls.key"),
+];
 
 /// Configuration of the sensor-publisher (TOML keys are the field names).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,6 +64,17 @@ pub struct Config {
     /// On shutdown, how long outstanding PubAcks are waited for.
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
+    /// How the service authenticates to NATS besides `nats_url`'s own
+    /// credentials: a `.creds` file (`NATS_CREDS_FILE`) or an NKey seed file
+    /// (`NATS_NKEY_FILE`).
+    pub nats_auth: NatsAuth,
+    /// CA and client certificate for NATS (`NATS_TLS_CA`, `NATS_TLS_CERT`,
+    /// `NATS_TLS_KEY`); any of them set means TLS is required.
+    pub nats_tls: TlsFiles,
+    /// Servers that keep a copy of the readings stream (JetStream mode):
+    /// 1 on a single server, 3 on a three-node cluster, so the stream
+    /// survives the loss of a node. At most 5, as nats-server allows.
+    pub stream_replicas: usize,
 }
 
 impl Default for Config {
@@ -74,6 +94,9 @@ impl Default for Config {
             max_publish_attempts: 20,
             publish_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(10),
+            nats_auth: NatsAuth::default(),
+            nats_tls: TlsFiles::default(),
+            stream_replicas: 1,
         }
     }
 }
@@ -94,6 +117,8 @@ pub fn is_literal_subject(subject: &str) -> bool {
 
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
+        self.nats_auth.validate(&self.nats_url)?;
+        self.nats_tls.validate("nats_tls")?;
         if !is_literal_subject(&self.subject_prefix) {
             return Err(ConfigError::invalid(
                 "subject_prefix",
@@ -150,6 +175,13 @@ impl Validate for Config {
                 "must be between 0 and 1",
             ));
         }
+        if let Some(value) = self.fleet.script.iter().find(|value| !value.is_finite()) {
+            return Err(ConfigError::invalid(
+                "fleet.script",
+                value,
+                "every value must be a finite number",
+            ));
+        }
         if !self.rate_per_sec.is_finite() || self.rate_per_sec < 0.0 {
             return Err(ConfigError::invalid(
                 "rate_per_sec",
@@ -172,6 +204,13 @@ impl Validate for Config {
                 "publish_timeout",
                 0,
                 "must be positive",
+            ));
+        }
+        if !(1..=5).contains(&self.stream_replicas) {
+            return Err(ConfigError::invalid(
+                "stream_replicas",
+                self.stream_replicas,
+                "must be 1 to 5 (servers keeping a copy of the stream)",
             ));
         }
         Ok(())
@@ -245,12 +284,17 @@ mod tests {
                 ack_window: 0,
                 ..Config::default()
             },
+            Config {
+                stream_replicas: 0,
+                ..Config::default()
+            },
         ];
         let keys = [
             "subject_prefix",
             "rate_per_sec",
             "fleet.kinds",
             "ack_window",
+            "stream_replicas",
         ];
         for (config, key) in cases.into_iter().zip(keys) {
             let error = config.validate().unwrap_err().to_string();

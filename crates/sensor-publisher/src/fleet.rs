@@ -1,6 +1,7 @@
 //! The simulated fleet: sensors whose values follow a mean-reverting random
 //! walk with occasional spikes, so that alerts happen without anyone forcing
-//! them.
+//! them — or, with a `script`, replay given values, so that the crossings
+//! are known in advance (the chaos checker's fleet).
 //!
 //! Each sensor has a kind (temperature, humidity, ...), an owner taken
 //! round-robin from the configured owners, and its own `seq` counter: the
@@ -31,6 +32,9 @@ pub struct FleetConfig {
     pub spike_probability: f64,
     /// Seed of the random walk, for a reproducible run; random when absent.
     pub seed: Option<u64>,
+    /// Values every sensor plays in a loop instead of the random walk (sensor
+    /// `i` starts `i` values in, so crossings spread over time); empty: walk.
+    pub script: Vec<f64>,
 }
 
 impl Default for FleetConfig {
@@ -43,6 +47,7 @@ impl Default for FleetConfig {
             id_prefix: String::new(),
             spike_probability: 0.01,
             seed: None,
+            script: Vec::new(),
         }
     }
 }
@@ -137,6 +142,7 @@ pub struct Sensor {
 pub struct Fleet {
     sensors: Vec<Sensor>,
     spike_probability: f64,
+    script: Vec<f64>,
     rng: StdRng,
     next: usize,
 }
@@ -185,6 +191,7 @@ impl Fleet {
         Fleet {
             sensors,
             spike_probability: config.spike_probability,
+            script: config.script.clone(),
             rng,
             next: 0,
         }
@@ -203,6 +210,14 @@ impl Fleet {
         let rng = &mut self.rng;
         let sensor = &mut self.sensors[index];
         let profile = sensor.profile;
+        if !self.script.is_empty() {
+            let reading = &mut sensor.reading;
+            let at = (index + reading.seq as usize) % self.script.len();
+            reading.seq += 1;
+            reading.value = self.script[at];
+            reading.timestamp = now_millis();
+            return (index, reading);
+        }
 
         // Mean-reverting walk: a random step plus a pull back to the baseline,
         // so values wander but do not drift away for good.
@@ -254,6 +269,33 @@ mod tests {
         assert_eq!(first[0].sensor_id, "temp-001");
         assert_eq!(first[5].sensor_id, "hum-002");
         assert_eq!(first[1].unit, "percent");
+    }
+
+    #[test]
+    fn a_scripted_fleet_replays_its_values_offset_per_sensor() {
+        let mut fleet = Fleet::new(&FleetConfig {
+            sensors: 2,
+            kinds: vec!["temperature".into()],
+            script: vec![25.0, 31.0, 41.0],
+            ..FleetConfig::default()
+        });
+        let values: Vec<(String, u64, f64)> = (0..6)
+            .map(|_| {
+                let reading = fleet.next_reading().1;
+                (reading.sensor_id.clone(), reading.seq, reading.value)
+            })
+            .collect();
+        assert_eq!(
+            values,
+            [
+                ("temp-001".to_string(), 1, 25.0),
+                ("temp-002".to_string(), 1, 31.0),
+                ("temp-001".to_string(), 2, 31.0),
+                ("temp-002".to_string(), 2, 41.0),
+                ("temp-001".to_string(), 3, 41.0),
+                ("temp-002".to_string(), 3, 25.0),
+            ]
+        );
     }
 
     #[test]

@@ -47,8 +47,13 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         common::metrics::describe(crate::metrics::ALL);
         let readiness = Readiness::new(&[RABBITMQ_CHECK]);
-        let ops = match OpsServer::start(config.ops_addr, readiness.clone(), axum::Router::new())
-            .await
+        let ops = match OpsServer::start(
+            config.ops_addr,
+            readiness.clone(),
+            &config,
+            axum::Router::new(),
+        )
+        .await
         {
             Ok(ops) => Some(ops),
             Err(error) => {

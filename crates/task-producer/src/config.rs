@@ -4,7 +4,7 @@
 //! ([`JobConfig`]); durations are text with their unit
 //! (`publish_timeout = "5s"`, `[job] duration = "60s"`), and a key of the
 //! retired `*_ms` form is refused at load with the name of its replacement.
-//! Standard variables: `AMQP_URL`, `OPS_ADDR`; any key also as
+//! Standard variables: `AMQP_URL`, `OPS_ADDR`, `AMQP_TLS_CA`/`_CERT`/`_KEY`; any key also as
 //! `SWITCHYARD__<KEY>` (`SWITCHYARD__JOB__COUNT=500`). The binary's flags
 //! (`--count`, `--rate`, `--duration 60s`, …) go over all of these.
 
@@ -13,13 +13,20 @@ use std::{net::SocketAddr, time::Duration};
 use common::{
     codec::ContentType,
     config::{ConfigError, SecretUrl, Validate, duration},
+    tls::TlsFiles,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use workqueue::publisher::PublisherConfig;
+use workqueue::{publisher::PublisherConfig, topology::QueueType};
 
 /// Standard environment variables and the keys they set.
-pub const ENV_KEYS: &[(&str, &str)] = &[("AMQP_URL", "amqp_url"), ("OPS_ADDR", "ops_addr")];
+pub const ENV_KEYS: &[(&str, &str)] = &[
+    ("AMQP_URL", "amqp_url"),
+    ("OPS_ADDR", "ops_addr"),
+    ("AMQP_TLS_CA", "amqp_tls.ca"),
+    ("AMQP_TLS_CERT", "amqp_tls.cert"),
+    ("AMQP_TLS_KEY", "amqp_tls.key"),
+];
 
 /// Configuration of the producer (TOML keys in snake_case).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -40,6 +47,12 @@ pub struct Config {
     pub ops_addr: SocketAddr,
     /// What to publish.
     pub job: JobConfig,
+    /// CA and client certificate of an `amqps://` `amqp_url` (`AMQP_TLS_CA`,
+    /// `AMQP_TLS_CERT`, `AMQP_TLS_KEY`; docs/ARCHITECTURE.md).
+    pub amqp_tls: TlsFiles,
+    /// `classic` (default) or `quorum`: the type the work queue is declared
+    /// with; must match the workers' (docs/ARCHITECTURE.md).
+    pub queue_type: QueueType,
 }
 
 impl Default for Config {
@@ -53,12 +66,15 @@ impl Default for Config {
             publish_timeout: publisher.publish_timeout,
             ops_addr: SocketAddr::from(([0, 0, 0, 0], 9105)),
             job: JobConfig::default(),
+            amqp_tls: publisher.amqp_tls,
+            queue_type: publisher.queue_type,
         }
     }
 }
 
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
+        workqueue::connection::check_scheme(&self.amqp_url, &self.amqp_tls)?;
         if self.queue.trim().is_empty() {
             return Err(ConfigError::invalid(
                 "queue",
@@ -93,6 +109,8 @@ impl Config {
             content_type: self.content_type,
             max_unconfirmed: self.max_unconfirmed,
             publish_timeout: self.publish_timeout,
+            amqp_tls: self.amqp_tls.clone(),
+            queue_type: self.queue_type,
         }
     }
 }

@@ -76,6 +76,7 @@ impl Application {
         let ops = OpsServer::start(
             config.ops_addr,
             readiness.clone(),
+            &config,
             contacts::routes(contacts.clone()),
         )
         .await?;

@@ -11,11 +11,12 @@ use std::{net::SocketAddr, time::Duration};
 use common::{
     circuit_breaker::BreakerConfig,
     config::{ConfigError, SecretUrl, Validate, duration},
+    tls::TlsFiles,
 };
 use serde::{Deserialize, Serialize};
 use workqueue::topology::{
     DATA_SYNC_QUEUE, DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_BASE_DELAY, DEFAULT_RETRY_MAX_DELAY,
-    DEFAULT_TASK_QUEUE, Topology, exponential_delays,
+    DEFAULT_TASK_QUEUE, QueueType, Topology, exponential_delays,
 };
 
 /// Standard environment variables and the keys they set.
@@ -24,6 +25,12 @@ pub const ENV_KEYS: &[(&str, &str)] = &[
     ("OPS_ADDR", "ops_addr"),
     ("USER_SERVICE_URL", "user_service_url"),
     ("REDIS_URL", "redis_url"),
+    ("AMQP_TLS_CA", "amqp_tls.ca"),
+    ("AMQP_TLS_CERT", "amqp_tls.cert"),
+    ("AMQP_TLS_KEY", "amqp_tls.key"),
+    ("USER_SERVICE_TLS_CA", "user_service_tls.ca"),
+    ("USER_SERVICE_TLS_CERT", "user_service_tls.cert"),
+    ("USER_SERVICE_TLS_KEY", "user_service_tls.key"),
 ];
 
 /// Configuration of the worker (TOML keys in snake_case).
@@ -73,6 +80,16 @@ pub struct Config {
     pub user_service_timeout: Duration,
     /// The user-service circuit breaker; while it is open the worker pauses.
     pub user_service_breaker: BreakerConfig,
+    /// CA and client certificate of an `https://` `user_service_url`
+    /// (`USER_SERVICE_TLS_CA`, `USER_SERVICE_TLS_CERT`,
+    /// `USER_SERVICE_TLS_KEY`); without a CA the system's trust store is used.
+    pub user_service_tls: TlsFiles,
+    /// CA and client certificate of an `amqps://` `amqp_url` (`AMQP_TLS_CA`,
+    /// `AMQP_TLS_CERT`, `AMQP_TLS_KEY`; docs/ARCHITECTURE.md).
+    pub amqp_tls: TlsFiles,
+    /// `classic` (default) or `quorum`: the type of `queue`, its retry
+    /// tiers, its DLQ and `data_sync_queue` (docs/ARCHITECTURE.md).
+    pub queue_type: QueueType,
 }
 
 impl Default for Config {
@@ -96,12 +113,16 @@ impl Default for Config {
             user_service_url: "http://127.0.0.1:50051".to_string(),
             user_service_timeout: Duration::from_secs(2),
             user_service_breaker: BreakerConfig::default(),
+            user_service_tls: TlsFiles::default(),
+            amqp_tls: TlsFiles::default(),
+            queue_type: QueueType::Classic,
         }
     }
 }
 
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
+        workqueue::connection::check_scheme(&self.amqp_url, &self.amqp_tls)?;
         for (key, value) in [
             ("queue", &self.queue),
             ("data_sync_queue", &self.data_sync_queue),
@@ -170,11 +191,13 @@ impl Validate for Config {
 impl Config {
     /// The work-queue topology: the base name and one retry tier per retry.
     pub fn topology(&self) -> Topology {
-        Topology::new(self.queue.clone()).with_retry_delays(exponential_delays(
-            self.retry_base_delay,
-            self.retry_max_delay,
-            self.max_attempts,
-        ))
+        Topology::new(self.queue.clone())
+            .with_retry_delays(exponential_delays(
+                self.retry_base_delay,
+                self.retry_max_delay,
+                self.max_attempts,
+            ))
+            .with_queue_type(self.queue_type)
     }
 }
 
@@ -264,6 +287,33 @@ mod tests {
     }
 
     #[test]
+    fn user_service_tls_files_come_from_their_variables() {
+        let config: Config = source(
+            None,
+            &[
+                ("USER_SERVICE_URL", "https://user-service:50051"),
+                ("USER_SERVICE_TLS_CA", "/tls/ca.crt"),
+                ("USER_SERVICE_TLS_CERT", "/tls/tls.crt"),
+                ("USER_SERVICE_TLS_KEY", "/tls/tls.key"),
+            ],
+        )
+        .load()
+        .unwrap();
+        assert_eq!(
+            config.user_service_tls.ca,
+            Some(PathBuf::from("/tls/ca.crt"))
+        );
+        assert_eq!(
+            config.user_service_tls.cert,
+            Some(PathBuf::from("/tls/tls.crt"))
+        );
+        assert_eq!(
+            config.user_service_tls.key,
+            Some(PathBuf::from("/tls/tls.key"))
+        );
+    }
+
+    #[test]
     fn redis_url_comes_from_the_environment_and_never_prints_its_password() {
         let config: Config = source(None, &[("REDIS_URL", "redis://:s3cret@redis:6379")])
             .load()
@@ -272,5 +322,22 @@ mod tests {
         assert_eq!(url.expose(), "redis://:s3cret@redis:6379");
         assert!(!format!("{config:?}").contains("s3cret"));
         assert!(Config::default().redis_url.is_none(), "optional by default");
+    }
+
+    #[test]
+    fn queue_type_is_classic_unless_set_to_quorum() {
+        assert_eq!(
+            Config::default().topology().queue_type(),
+            QueueType::Classic
+        );
+        let config: Config = source(None, &[("SWITCHYARD__QUEUE_TYPE", "quorum")])
+            .load()
+            .unwrap();
+        assert_eq!(config.topology().queue_type(), QueueType::Quorum);
+        let error = source(None, &[("SWITCHYARD__QUEUE_TYPE", "mirrored")])
+            .load::<Config>()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("queue_type"), "{error}");
     }
 }

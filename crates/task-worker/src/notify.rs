@@ -53,6 +53,9 @@ pub(crate) fn register(
 ) -> anyhow::Result<Option<Arc<CircuitBreaker>>> {
     let client = UserClient::connect_lazy(ClientConfig {
         url: config.user_service_url.clone(),
+        ca: config.user_service_tls.ca.clone(),
+        cert: config.user_service_tls.cert.clone(),
+        key: config.user_service_tls.key.clone(),
         timeout: config.user_service_timeout,
         breaker: config.user_service_breaker,
         ..ClientConfig::default()

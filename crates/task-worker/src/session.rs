@@ -26,13 +26,13 @@ use common::{
 };
 use futures::{StreamExt, stream::FuturesUnordered};
 use lapin::{
-    Connection, ConnectionProperties,
+    Connection,
     options::{BasicQosOptions, ConfirmSelectOptions},
-    types::{LongString, ShortString},
+    types::ShortString,
 };
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
-use workqueue::topology::{data_sync_dead_letter_queue, declare_data_sync};
+use workqueue::topology::{declare_data_sync_as, declare_data_sync_dead_letters};
 
 use crate::{
     Config,
@@ -77,9 +77,10 @@ pub(crate) async fn run(
     let config = &shared.config;
     let connection = tokio::select! {
         () = shutdown.cancelled() => return Ok(Session::Finished),
-        connection = Connection::connect(
-            config.amqp_url.expose(),
-            ConnectionProperties::default().with_connection_name(LongString::from("task-worker")),
+        connection = workqueue::connection::connect(
+            &config.amqp_url,
+            &config.amqp_tls,
+            "task-worker",
         ) => connection?,
     };
     let scope = shutdown.scope();
@@ -155,12 +156,8 @@ async fn start(
     let config = &shared.config;
     let publish = connection.create_channel().await?;
     shared.context.topology.declare(&publish).await?;
-    declare_data_sync(&publish, &config.data_sync_queue).await?;
-    declare_data_sync(
-        &publish,
-        &data_sync_dead_letter_queue(&config.data_sync_queue),
-    )
-    .await?;
+    declare_data_sync_as(&publish, &config.data_sync_queue, config.queue_type).await?;
+    declare_data_sync_dead_letters(&publish, &config.data_sync_queue, config.queue_type).await?;
     publish
         .confirm_select(ConfirmSelectOptions::default())
         .await?;

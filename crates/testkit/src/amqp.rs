@@ -91,6 +91,26 @@ pub fn delete_queues_on_drop(url: String, queues: Vec<String>) {
     block_on_cleanup(async move { delete_queues(&url, queues).await });
 }
 
+/// Deletes `queues` when the guard is dropped: hold it for as long as the
+/// services that declare them run (a test that fails half way still cleans up).
+#[must_use = "the queues are deleted when this guard is dropped"]
+#[derive(Debug)]
+pub struct QueuesGuard {
+    url: String,
+    queues: Vec<String>,
+}
+
+/// A guard deleting `queues` on `url` when it is dropped.
+pub fn delete_queues_later(url: String, queues: Vec<String>) -> QueuesGuard {
+    QueuesGuard { url, queues }
+}
+
+impl Drop for QueuesGuard {
+    fn drop(&mut self) {
+        delete_queues_on_drop(self.url.clone(), std::mem::take(&mut self.queues));
+    }
+}
+
 /// Runs `cleanup` to completion on a runtime of its own in a thread of its
 /// own, and waits for it. `Drop` cannot await, and a runtime cannot be
 /// blocked on from inside the test's runtime; this works in both places.

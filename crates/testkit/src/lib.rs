@@ -14,20 +14,33 @@
 //! - [`NatsServer`] and [`RabbitNode`]: private brokers on free ports for the
 //!   tests that kill or restart a broker. The shared brokers of the machine
 //!   are never stopped or reconfigured.
+//! - [`NatsCluster`]: a private NATS cluster with replicated JetStream, for
+//!   the tests that kill the node leading a stream.
+//! - [`RabbitCluster`]: a private RabbitMQ cluster (three nodes joined
+//!   with `rabbitmqctl join_cluster`), for the tests that kill the node
+//!   leading a quorum queue.
+//! - [`TestPki`]: a CA, server and client certificates made at test time,
+//!   for the brokers' TLS listeners.
 //!
 //! Only tests depend on this crate (as a dev-dependency).
 
 mod amqp;
+mod certificates;
+mod nats_cluster;
 mod nats_server;
+mod rabbit_cluster;
 mod rabbit_node;
 
 use std::{future::Future, net::TcpListener, time::Duration};
 
 pub use amqp::{
-    AmqpFixture, amqp_connect, amqp_url, block_on_cleanup, delete_queues, delete_queues_on_drop,
-    nats_url,
+    AmqpFixture, QueuesGuard, amqp_connect, amqp_url, block_on_cleanup, delete_queues,
+    delete_queues_later, delete_queues_on_drop, nats_url,
 };
-pub use nats_server::NatsServer;
+pub use certificates::TestPki;
+pub use nats_cluster::NatsCluster;
+pub use nats_server::{NatsServer, PARTITIONS_CONF};
+pub use rabbit_cluster::RabbitCluster;
 pub use rabbit_node::RabbitNode;
 
 /// Twelve random hex digits for the subjects, streams, queues and

@@ -1,4 +1,5 @@
-//! A private RabbitMQ node for tests that restart the broker or start it late.
+//! A private RabbitMQ node for tests that restart the broker or start it
+//! late, or need a TLS listener and a user of their own.
 
 use std::{
     path::PathBuf,
@@ -9,7 +10,7 @@ use std::{
 
 use lapin::{Connection, ConnectionProperties};
 
-use crate::free_port;
+use crate::{TestPki, free_port, unique};
 
 /// A RabbitMQ node of the test's own on free ports, stopped and deleted on
 /// drop. It runs as user `rabbitmq`, so its directories are chowned to it
@@ -21,6 +22,11 @@ pub struct RabbitNode {
     pub name: String,
     /// The AMQP port.
     pub port: u16,
+    /// The AMQPS (TLS) port, for a node made by [`RabbitNode::with_tls`].
+    pub tls_port: Option<u16>,
+    /// The user the node was created with, and its password: `guest` and
+    /// `guest`, or a user of the test's own ([`RabbitNode::with_tls`]).
+    pub user: (String, String),
     dist_port: u16,
     dir: PathBuf,
     server: Mutex<Option<Child>>,
@@ -30,18 +36,56 @@ impl RabbitNode {
     /// Prepares a node without starting it, so a test can point a service
     /// at a broker that is still down; [`RabbitNode::boot`] starts it.
     pub fn new() -> Self {
+        Self::prepare(None)
+    }
+
+    /// Prepares a node with, besides its plain listener, a TLS listener on
+    /// [`RabbitNode::tls_port`] serving `pki`'s server certificate, and a
+    /// user of its own instead of `guest` (created at first boot with
+    /// `default_user`). With `verify_clients` the node asks for a client
+    /// certificate signed by `pki`'s CA and refuses a connection without one
+    /// (mutual TLS). Not started: [`RabbitNode::boot`].
+    pub fn with_tls(pki: &TestPki, verify_clients: bool) -> Self {
+        Self::prepare(Some((pki, verify_clients)))
+    }
+
+    fn prepare(tls: Option<(&TestPki, bool)>) -> Self {
         let port = free_port();
+        let tls_port = tls.map(|_| free_port());
         let dist_port = free_port();
+        let user = match tls {
+            Some(_) => (format!("app-{}", unique()), unique()),
+            None => ("guest".to_string(), "guest".to_string()),
+        };
         let dir = std::env::temp_dir().join(format!("switchyard-rabbit-{port}"));
         std::fs::create_dir_all(dir.join("mnesia")).expect("create the node's directories");
         std::fs::create_dir_all(dir.join("log")).expect("create the node's directories");
         // Its own config file: the machine's /etc/rabbitmq/rabbitmq.conf pins
         // the shared node's listener, and no plugins (their ports are taken).
-        std::fs::write(
-            dir.join("rabbitmq.conf"),
-            format!("listeners.tcp.default = 127.0.0.1:{port}\n"),
-        )
-        .expect("write the node's config");
+        let mut conf = format!("listeners.tcp.default = 127.0.0.1:{port}\n");
+        if let (Some((pki, verify_clients)), Some(tls_port)) = (tls, tls_port) {
+            let (user, password) = &user;
+            conf.push_str(&format!(
+                "listeners.ssl.default = 127.0.0.1:{tls_port}\n\
+                 ssl_options.cacertfile = {}\n\
+                 ssl_options.certfile = {}\n\
+                 ssl_options.keyfile = {}\n\
+                 ssl_options.verify = {}\n\
+                 ssl_options.fail_if_no_peer_cert = {verify_clients}\n\
+                 default_user = {user}\n\
+                 default_pass = {password}\n\
+                 loopback_users = none\n",
+                pki.ca().display(),
+                pki.server_cert().display(),
+                pki.server_key().display(),
+                if verify_clients {
+                    "verify_peer"
+                } else {
+                    "verify_none"
+                },
+            ));
+        }
+        std::fs::write(dir.join("rabbitmq.conf"), conf).expect("write the node's config");
         std::fs::write(dir.join("enabled_plugins"), "[].\n").expect("write the node's plugins");
         let status = Command::new("chown")
             .args(["-R", "rabbitmq:rabbitmq"])
@@ -55,6 +99,8 @@ impl RabbitNode {
         RabbitNode {
             name: format!("switchyard-test-{port}@localhost"),
             port,
+            tls_port,
+            user,
             dist_port,
             dir,
             server: Mutex::new(None),
@@ -68,9 +114,23 @@ impl RabbitNode {
         node
     }
 
-    /// `amqp://guest:guest@127.0.0.1:<port>/%2f`.
+    /// `amqp://guest:guest@127.0.0.1:<port>/%2f` (the node's own user for a
+    /// node made by [`RabbitNode::with_tls`]).
     pub fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+        let (user, password) = &self.user;
+        format!("amqp://{user}:{password}@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// `amqps://<user>:<password>@127.0.0.1:<tls port>/%2f` with the node's
+    /// own user (`None`: that user's real password). Panics on a node
+    /// without TLS.
+    pub fn amqps_url(&self, password: Option<&str>) -> String {
+        let (user, real) = &self.user;
+        let port = self.tls_port.expect("a node made by RabbitNode::with_tls");
+        format!(
+            "amqps://{user}:{}@127.0.0.1:{port}/%2f",
+            password.unwrap_or(real)
+        )
     }
 
     /// Starts the node (again) on the same data directory and waits until it

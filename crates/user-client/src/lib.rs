@@ -20,9 +20,19 @@
 //!   `NOT_FOUND` and `INVALID_ARGUMENT` are answers, not outages.
 //! - **Trace propagation**: the current span's `traceparent` goes into each
 //!   attempt's metadata.
+//! - **TLS** for `https://` URLs: the server's certificate is checked
+//!   against `ClientConfig::ca` (a PEM file: a private CA, and only it) or,
+//!   without one, the operating system's trust store; `cert` and `key` add a
+//!   client certificate for mutual TLS. The files are read and checked when
+//!   the client is made, so a wrong path fails at start, not at the first
+//!   call. A handshake that fails (an untrusted server, a refused client
+//!   certificate, plaintext on one side) is [`ClientError::Tls`]: not
+//!   retried within the call (the next attempt would meet the same
+//!   certificates), counted by the breaker as an outage.
 
 use std::{
     future::Future,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -35,12 +45,16 @@ use common::{
     },
     retry::{RetryPolicy, Retryable},
 };
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use tokio::time::Instant;
 use tonic::{
     Code, Status,
-    transport::{Channel, Endpoint},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 use tracing::Instrument;
+
+/// How an `UNAVAILABLE` from a connection lost before the request went out begins.
+const CLOSED_BEFORE_SENT: &str = "connection closed before the request was sent";
 
 /// The breaker's name (the `circuit_breaker_state{name}` label).
 pub const BREAKER_NAME: &str = "user-service";
@@ -48,9 +62,17 @@ pub const BREAKER_NAME: &str = "user-service";
 /// How to reach user-service and how patient to be.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// `USER_SERVICE_URL`, e.g. `http://127.0.0.1:50051` (`http://` is
-    /// assumed when the scheme is missing).
+    /// `USER_SERVICE_URL`, e.g. `http://127.0.0.1:50051` or
+    /// `https://user-service:50051` (`http://` is assumed when the scheme is
+    /// missing).
     pub url: String,
+    /// `https://` only: PEM file of the CA(s) the server's certificate must
+    /// chain to, trusted instead of the operating system's store.
+    pub ca: Option<PathBuf>,
+    /// `https://` only: PEM client certificate chain for mutual TLS, with `key`.
+    pub cert: Option<PathBuf>,
+    /// `https://` only: PEM private key of `cert`.
+    pub key: Option<PathBuf>,
     /// Overall deadline of one logical call, every retry inside it.
     pub timeout: Duration,
     /// Backoff between attempts.
@@ -63,6 +85,9 @@ impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
             url: "http://127.0.0.1:50051".to_string(),
+            ca: None,
+            cert: None,
+            key: None,
             timeout: Duration::from_secs(2),
             retry: RetryPolicy::rpc(),
             breaker: BreakerConfig::default(),
@@ -97,6 +122,10 @@ pub enum ClientError {
     /// `ClientConfig::url` is not a usable URL.
     #[error("invalid user-service url: {0}")]
     InvalidUrl(String),
+    /// TLS settings that cannot be used (a file missing or not PEM), or a
+    /// TLS handshake that failed; the message says which and why.
+    #[error("user-service tls: {0}")]
+    Tls(String),
 }
 
 impl ClientError {
@@ -115,6 +144,8 @@ impl ClientError {
     pub fn is_outage(&self) -> bool {
         match self {
             ClientError::Unavailable(_) | ClientError::DeadlineExceeded(_) => true,
+            // The server cannot be used, maybe because of a bad rotation.
+            ClientError::Tls(_) => true,
             ClientError::Other(status) => {
                 matches!(
                     status.code(),
@@ -126,6 +157,9 @@ impl ClientError {
     }
 
     fn from_status(status: Status) -> Self {
+        if let Some(tls) = tls_failure(&status) {
+            return ClientError::Tls(tls);
+        }
         let message = status.message().to_string();
         match status.code() {
             Code::NotFound => ClientError::NotFound(message),
@@ -135,6 +169,13 @@ impl ClientError {
             Code::DeadlineExceeded => ClientError::DeadlineExceeded(message),
             // tonic's channel reports its own expiry of `grpc-timeout` as CANCELLED.
             Code::Cancelled if expired_locally(&status) => ClientError::DeadlineExceeded(message),
+            // hyper cancels a request whose connection closed before it was
+            // sent (a server going away; with TLS 1.3 also a server that
+            // refused the client certificate right after the handshake):
+            // nothing was done, so it is an outage any call may retry.
+            Code::Cancelled if is_transport_error(&status) => {
+                ClientError::Unavailable(format!("{CLOSED_BEFORE_SENT}: {}", error_chain(&status)))
+            }
             _ => ClientError::Other(status),
         }
     }
@@ -177,6 +218,8 @@ impl Retryable for AttemptError {
 #[derive(Debug, Clone)]
 pub struct UserClient {
     grpc: UserServiceClient<Channel>,
+    /// Whether the channel speaks TLS (an `https://` URL).
+    tls: bool,
     timeout: Duration,
     retry: RetryPolicy,
     breaker: Arc<CircuitBreaker>,
@@ -192,23 +235,54 @@ impl UserClient {
         } else {
             format!("http://{}", config.url)
         };
-        if !url.starts_with("http://") {
+        let https = url.starts_with("https://");
+        if !https && !url.starts_with("http://") {
             return Err(ClientError::InvalidUrl(format!(
-                "{url}: only http:// is supported (this build has no TLS; terminate TLS in the mesh or a proxy)"
+                "{url}: the scheme must be http:// or https://"
             )));
         }
-        let endpoint = Endpoint::from_shared(url.clone())
+        if !https && (config.ca.is_some() || config.cert.is_some() || config.key.is_some()) {
+            // Silently sending plaintext when certificates were asked for
+            // would be worse than refusing.
+            return Err(ClientError::Tls(format!(
+                "a ca, cert or key is set but {url} is not https://"
+            )));
+        }
+        let mut endpoint = Endpoint::from_shared(url.clone())
             .map_err(|e| ClientError::InvalidUrl(format!("{url}: {e}")))?
             .connect_timeout(config.timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
+        if https {
+            endpoint = endpoint
+                .tls_config(tls_config(&config)?)
+                .map_err(|e| ClientError::Tls(error_chain(&e)))?;
+        }
         Ok(UserClient {
             grpc: UserServiceClient::new(endpoint.connect_lazy()),
+            tls: https,
             timeout: config.timeout,
             retry: config.retry,
             breaker: Arc::new(CircuitBreaker::new(BREAKER_NAME, config.breaker)),
         })
+    }
+
+    /// Adds what an error may mean on this client's transport: over TLS, a
+    /// connection closed before the request was sent is typically the
+    /// server refusing the client certificate (TLS 1.3 tells a client so
+    /// only after its side of the handshake, and the alert may be lost).
+    fn explain(&self, error: ClientError) -> ClientError {
+        match error {
+            ClientError::Unavailable(message)
+                if self.tls && message.starts_with(CLOSED_BEFORE_SENT) =>
+            {
+                ClientError::Unavailable(format!(
+                    "{message} (over TLS: the server may have refused the client certificate)"
+                ))
+            }
+            other => other,
+        }
     }
 
     /// The breaker, to watch its state or wait until it lets calls through.
@@ -351,7 +425,7 @@ impl UserClient {
         // DEADLINE_EXCEEDED), and the caller's `timeout_at` bounds the rest.
         let outcome = match attempt(self.grpc.clone(), left).await {
             Ok(response) => Ok(response.into_inner()),
-            Err(status) => Err(ClientError::from_status(status)),
+            Err(status) => Err(self.explain(ClientError::from_status(status))),
         };
         match &outcome {
             Err(error) if error.is_outage() => permit.failure(),
@@ -359,6 +433,102 @@ impl UserClient {
         }
         outcome
     }
+}
+
+/// The channel's TLS settings, every file read and checked now.
+fn tls_config(config: &ClientConfig) -> Result<ClientTlsConfig, ClientError> {
+    let tls = ClientTlsConfig::new();
+    let tls = match &config.ca {
+        Some(path) => tls.ca_certificate(Certificate::from_pem(read_certificates("ca", path)?)),
+        None => tls.with_native_roots(),
+    };
+    match (&config.cert, &config.key) {
+        (None, None) => Ok(tls),
+        (Some(cert), Some(key)) => {
+            let cert = read_certificates("cert", cert)?;
+            let key = read_private_key(key)?;
+            Ok(tls.identity(Identity::from_pem(cert, key)))
+        }
+        (Some(_), None) => Err(ClientError::Tls("cert is set without key".into())),
+        (None, Some(_)) => Err(ClientError::Tls("key is set without cert".into())),
+    }
+}
+
+/// A PEM file with at least one certificate.
+fn read_certificates(what: &str, path: &Path) -> Result<Vec<u8>, ClientError> {
+    let pem = read_file(what, path)?;
+    let certificates = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ClientError::Tls(format!("{what} {}: not PEM: {e}", path.display())))?;
+    if certificates.is_empty() {
+        return Err(ClientError::Tls(format!(
+            "{what} {}: no PEM certificate in the file",
+            path.display()
+        )));
+    }
+    Ok(pem)
+}
+
+/// A PEM private key file; its content never reaches an error message.
+fn read_private_key(path: &Path) -> Result<Vec<u8>, ClientError> {
+    let pem = read_file("key", path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|_| {
+        ClientError::Tls(format!(
+            "key {}: no PEM private key (PKCS#8, PKCS#1 or SEC1) in the file",
+            path.display()
+        ))
+    })?;
+    Ok(pem)
+}
+
+fn read_file(what: &str, path: &Path) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(path)
+        .map_err(|e| ClientError::Tls(format!("{what} {}: cannot read: {e}", path.display())))
+}
+
+/// The TLS failure behind a status, if that is what it is: the status
+/// itself only says "transport error"; the cause is some levels down its
+/// sources, as a rustls error (a certificate the client rejected) or as the
+/// `InvalidData` I/O error rustls reads as (an alert from a server that
+/// rejected the client: no or a wrong client certificate).
+fn tls_failure(status: &Status) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(error) = source {
+        if let Some(rustls) = error.downcast_ref::<rustls::Error>() {
+            return Some(format!("handshake with user-service failed: {rustls}"));
+        }
+        if let Some(io) = error.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::InvalidData
+        {
+            return Some(format!("handshake with user-service failed: {io}"));
+        }
+        source = error.source();
+    }
+    None
+}
+
+/// Whether the status comes from the channel's transport, not the server.
+fn is_transport_error(status: &Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(error) = source {
+        if error.is::<tonic::transport::Error>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
+/// An error and its sources on one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// A request carrying the time left as `grpc-timeout` and the current
@@ -436,7 +606,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn urls_without_a_scheme_get_http_and_https_is_refused() {
+    async fn urls_without_a_scheme_get_http_and_other_schemes_are_refused() {
         assert!(
             UserClient::connect_lazy(ClientConfig {
                 url: "127.0.0.1:50051".into(),
@@ -444,15 +614,59 @@ mod tests {
             })
             .is_ok()
         );
-        let https = UserClient::connect_lazy(ClientConfig {
-            url: "https://users.example.com".into(),
+        let ftp = UserClient::connect_lazy(ClientConfig {
+            url: "ftp://users.example.com".into(),
             ..ClientConfig::default()
         });
-        assert!(matches!(https, Err(ClientError::InvalidUrl(_))));
+        assert!(matches!(ftp, Err(ClientError::InvalidUrl(_))));
         let garbage = UserClient::connect_lazy(ClientConfig {
             url: "http://exa mple".into(),
             ..ClientConfig::default()
         });
         assert!(matches!(garbage, Err(ClientError::InvalidUrl(_))));
+    }
+
+    #[tokio::test]
+    async fn tls_files_are_checked_when_the_client_is_made() {
+        let https = |ca: Option<&str>, cert: Option<&str>, key: Option<&str>| {
+            UserClient::connect_lazy(ClientConfig {
+                url: "https://127.0.0.1:50051".into(),
+                ca: ca.map(PathBuf::from),
+                cert: cert.map(PathBuf::from),
+                key: key.map(PathBuf::from),
+                ..ClientConfig::default()
+            })
+        };
+        let missing = https(Some("/nonexistent/ca.pem"), None, None).unwrap_err();
+        assert!(
+            matches!(&missing, ClientError::Tls(m) if m.contains("ca /nonexistent/ca.pem: cannot read")),
+            "{missing}"
+        );
+        let not_pem = tempfile_with(b"not a certificate");
+        let error = https(Some(not_pem.to_str().unwrap()), None, None).unwrap_err();
+        assert!(error.to_string().contains("no PEM certificate"), "{error}");
+        let error = https(None, Some("/c.pem"), None).unwrap_err();
+        assert!(error.to_string().contains("without key"), "{error}");
+        let plaintext = UserClient::connect_lazy(ClientConfig {
+            url: "http://127.0.0.1:50051".into(),
+            ca: Some(PathBuf::from("/ca.pem")),
+            ..ClientConfig::default()
+        })
+        .unwrap_err();
+        assert!(
+            plaintext.to_string().contains("not https://"),
+            "{plaintext}"
+        );
+        std::fs::remove_file(not_pem).ok();
+    }
+
+    fn tempfile_with(content: &[u8]) -> PathBuf {
+        let path = std::env::temp_dir().join(format!(
+            "user-client-test-{}-{:?}.pem",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::write(&path, content).unwrap();
+        path
     }
 }

@@ -1,11 +1,14 @@
 //! Wiring and lifecycle: bind, serve, connect the database, drain, stop.
 //!
-//! [`Application::build`] binds every listener (port 0 works: tests ask the
-//! application which port it got), describes the metrics and starts the ops
-//! endpoint. [`Application::run_until_stopped`] then:
+//! [`Application::build`] loads the TLS files when TLS is on (a missing or
+//! bad file stops the start with an error naming the key and the path),
+//! binds every listener (port 0 works: tests ask the application which port
+//! it got), describes the metrics and starts the ops endpoint.
+//! [`Application::run_until_stopped`] then:
 //!
-//! 1. serves gRPC and JSON at once, with health `NOT_SERVING` and `/readyz`
-//!    503, while it connects to the database (retrying with backoff through
+//! 1. serves gRPC and JSON at once (both over TLS when configured, the
+//!    files re-read every `tls_reload_interval`), with health `NOT_SERVING`
+//!    and `/readyz` 503, while it connects to the database (retrying with backoff through
 //!    [`until_connected`], until the shutdown signal) and runs the
 //!    migrations; calls meanwhile get `UNAVAILABLE`;
 //! 2. flips health to `SERVING`, readiness to ready, and starts the outbox
@@ -23,7 +26,7 @@
 //! the signal, but the servers must keep answering through `drain_delay`,
 //! and the relay must keep publishing until the servers are done.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use common::{
@@ -34,8 +37,9 @@ use common::{
 };
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::{Router, TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
+use tower::layer::util::{Identity, Stack};
 
 use crate::{
     call_layer::GrpcCallLayer,
@@ -46,6 +50,8 @@ use crate::{
     outbox::{OutboxRelay, RelaySettings},
     read_cache::{CacheSettings, ReadCache},
     store::{Backend, PoolSettings, UserStore},
+    tls::{Protocol, ServerTls},
+    tls_listener::TlsListener,
 };
 
 /// The readiness check (and health) that waits for the database.
@@ -69,6 +75,8 @@ pub struct Application {
     readiness: Readiness,
     health: HealthReporter,
     directory: UserDirectory,
+    /// Both servers' TLS, when `tls_cert` and `tls_key` are set.
+    tls: Option<Arc<ServerTls>>,
 }
 
 impl Application {
@@ -76,6 +84,12 @@ impl Application {
     /// starts the ops endpoint.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         common::metrics::describe(crate::metrics::ALL);
+        let tls = match config.certificate_files() {
+            Some(files) => Some(Arc::new(
+                ServerTls::load(files).context("cannot set up tls")?,
+            )),
+            None => None,
+        };
         let grpc_listener = TcpListener::bind(config.grpc_addr)
             .await
             .with_context(|| format!("cannot bind the grpc address {}", config.grpc_addr))?;
@@ -83,7 +97,13 @@ impl Application {
             .await
             .with_context(|| format!("cannot bind the http address {}", config.http_addr))?;
         let readiness = Readiness::new(&[DATABASE_CHECK]);
-        let ops = OpsServer::start(config.ops_addr, readiness.clone(), axum::Router::new()).await?;
+        let ops = OpsServer::start(
+            config.ops_addr,
+            readiness.clone(),
+            &config,
+            axum::Router::new(),
+        )
+        .await?;
         let health = HealthReporter::new();
         set_health(&health, ServingStatus::NotServing).await;
         let directory = UserDirectory::new(ReadCache::new(CacheSettings {
@@ -98,6 +118,7 @@ impl Application {
             readiness,
             health,
             directory,
+            tls,
         })
     }
 
@@ -131,35 +152,68 @@ impl Application {
             readiness,
             health,
             directory,
+            tls,
         } = self;
+        let tls_mode = match &tls {
+            None => "off",
+            Some(tls) if tls.is_mutual() => "mutual",
+            Some(_) => "on",
+        };
         tracing::info!(
             grpc_addr = %local_addr(&grpc_listener, config.grpc_addr),
             http_addr = %local_addr(&http_listener, config.http_addr),
             ops_addr = %ops.local_addr(),
             database_url = %config.database_url,
+            tls = tls_mode,
             "user-service starting"
         );
 
         // Stopped only after `drain_delay`, not by the signal itself.
         let servers = Shutdown::new();
-        let grpc = servers.spawn(serve_grpc(
-            grpc_listener,
-            &config,
-            directory.clone(),
-            health.clone(),
-            servers.token(),
-        )?);
+        let grpc_router = grpc_router(&config, directory.clone(), health.clone())?;
+        let grpc_stop = servers.token().cancelled_owned();
         let http_router = crate::http::router(
             directory.clone(),
             config.request_timeout,
             config.max_message_bytes,
         );
-        let http_stop = servers.token();
-        let http = servers.spawn(async move {
-            axum::serve(http_listener, http_router)
-                .with_graceful_shutdown(http_stop.cancelled_owned())
-                .await
-        });
+        let http_stop = servers.token().cancelled_owned();
+        let (grpc, http) = match &tls {
+            None => {
+                let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+                (
+                    servers.spawn(grpc_router.serve_with_incoming_shutdown(incoming, grpc_stop)),
+                    servers.spawn(async move {
+                        axum::serve(http_listener, http_router)
+                            .with_graceful_shutdown(http_stop)
+                            .await
+                    }),
+                )
+            }
+            Some(tls) => {
+                servers.spawn(
+                    tls.clone()
+                        .watch(config.tls_reload_interval, servers.token()),
+                );
+                let grpc_incoming =
+                    TlsListener::start(grpc_listener, tls.clone(), Protocol::Grpc, servers.token())
+                        .context("cannot start the grpc tls listener")?;
+                let http_incoming =
+                    TlsListener::start(http_listener, tls.clone(), Protocol::Http, servers.token())
+                        .context("cannot start the http tls listener")?;
+                (
+                    servers.spawn(
+                        grpc_router
+                            .serve_with_incoming_shutdown(grpc_incoming.into_stream(), grpc_stop),
+                    ),
+                    servers.spawn(async move {
+                        axum::serve(http_incoming, http_router)
+                            .with_graceful_shutdown(http_stop)
+                            .await
+                    }),
+                )
+            }
+        };
 
         // The relay and the change feed, stopped once the servers are done.
         let background = Shutdown::new();
@@ -178,7 +232,9 @@ impl Application {
             tracing::info!(backend = ?store.backend(), "database ready, serving");
             let settings = RelaySettings {
                 amqp_url: config.amqp_url.clone(),
+                amqp_tls: config.amqp_tls.clone(),
                 queue: config.data_sync_queue.clone(),
+                queue_type: config.queue_type,
                 poll_interval: config.outbox_poll_interval,
                 batch_size: config.outbox_batch_size,
             };
@@ -215,15 +271,13 @@ impl Application {
     }
 }
 
-/// Builds the gRPC server future: the user service, health, reflection
-/// (v1 and v1alpha), all behind [`GrpcCallLayer`].
-fn serve_grpc(
-    listener: TcpListener,
+/// The gRPC server's routes: the user service, health, reflection (v1 and
+/// v1alpha), all behind [`GrpcCallLayer`]; served over TCP or TLS.
+fn grpc_router(
     config: &Config,
     directory: UserDirectory,
     health: HealthReporter,
-    stop: CancellationToken,
-) -> anyhow::Result<impl Future<Output = Result<(), tonic::transport::Error>> + use<>> {
+) -> anyhow::Result<Router<Stack<GrpcCallLayer, Identity>>> {
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(common::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -240,14 +294,12 @@ fn serve_grpc(
     let health_service = tonic_health::pb::health_server::HealthServer::new(
         tonic_health::server::HealthService::from_health_reporter(health),
     );
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     Ok(tonic::transport::Server::builder()
         .layer(GrpcCallLayer::new(config.request_timeout))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(users)
-        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned()))
+        .add_service(users))
 }
 
 /// Connects (retrying with backoff until it works or `stop` fires) and

@@ -5,21 +5,31 @@
 //! refused at load with the name of its replacement. Standard variables:
 //! `GRPC_ADDR`, `HTTP_ADDR`, `OPS_ADDR`, `DATABASE_URL`, `AMQP_URL`; any key
 //! also as `SWITCHYARD__<KEY>` (e.g. `SWITCHYARD__REQUEST_TIMEOUT=5s`).
+//!
+//! TLS: `tls_cert` and `tls_key` (file paths, e.g.
+//! `SWITCHYARD__TLS_CERT=/etc/user-service/tls/tls.crt`) turn it on for the
+//! gRPC server and the JSON API alike; `tls_client_ca` adds mutual TLS.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use common::config::{ConfigError, SecretUrl, Validate, duration};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{Backend, sqlite_path};
+use crate::{
+    store::{Backend, sqlite_path},
+    tls::CertificateFiles,
+};
 
 /// Environment variables and the keys they set.
-pub const ENV_KEYS: [(&str, &str); 5] = [
+pub const ENV_KEYS: [(&str, &str); 8] = [
     ("GRPC_ADDR", "grpc_addr"),
     ("HTTP_ADDR", "http_addr"),
     ("OPS_ADDR", "ops_addr"),
     ("DATABASE_URL", "database_url"),
     ("AMQP_URL", "amqp_url"),
+    ("AMQP_TLS_CA", "amqp_tls.ca"),
+    ("AMQP_TLS_CERT", "amqp_tls.cert"),
+    ("AMQP_TLS_KEY", "amqp_tls.key"),
 ];
 
 /// Configuration of one user-service process.
@@ -73,6 +83,24 @@ pub struct Config {
     /// On shutdown, how long in-flight calls may take to finish.
     #[serde(with = "duration")]
     pub shutdown_grace: Duration,
+    /// PEM certificate chain (the server's certificate first) of the gRPC
+    /// server and the JSON API; with `tls_key`, both serve TLS only.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate(s): when set, both servers require a client
+    /// certificate issued by one of them (mutual TLS).
+    pub tls_client_ca: Option<PathBuf>,
+    /// How often the TLS files are read again; changed files that load
+    /// replace the certificate for new connections.
+    #[serde(with = "duration")]
+    pub tls_reload_interval: Duration,
+    /// CA and client certificate of an `amqps://` `amqp_url` (`AMQP_TLS_CA`,
+    /// `AMQP_TLS_CERT`, `AMQP_TLS_KEY`; docs/ARCHITECTURE.md).
+    pub amqp_tls: common::tls::TlsFiles,
+    /// `classic` (default) or `quorum`: the type `data_sync_queue` is
+    /// declared with; must match the task-workers' (docs/ARCHITECTURE.md).
+    pub queue_type: workqueue::topology::QueueType,
 }
 
 impl Default for Config {
@@ -94,12 +122,34 @@ impl Default for Config {
             max_message_bytes: 1024 * 1024,
             drain_delay: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(20),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            tls_reload_interval: Duration::from_secs(10),
+            amqp_tls: common::tls::TlsFiles::default(),
+            queue_type: workqueue::topology::QueueType::Classic,
+        }
+    }
+}
+
+impl Config {
+    /// The TLS files, when TLS is on (validation ensures certificate and key
+    /// come together).
+    pub fn certificate_files(&self) -> Option<CertificateFiles> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(CertificateFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            }),
+            _ => None,
         }
     }
 }
 
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
+        workqueue::connection::check_scheme(&self.amqp_url, &self.amqp_tls)?;
         let backend = Backend::of(&self.database_url)
             .map_err(|e| ConfigError::invalid("database_url", &self.database_url, e.to_string()))?;
         if backend == Backend::Sqlite && sqlite_path(self.database_url.expose()).is_none() {
@@ -141,6 +191,7 @@ impl Validate for Config {
             ("request_timeout", self.request_timeout),
             ("outbox_poll_interval", self.outbox_poll_interval),
             ("db_acquire_timeout", self.db_acquire_timeout),
+            ("tls_reload_interval", self.tls_reload_interval),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::invalid(key, 0, "must be more than 0"));
@@ -151,6 +202,30 @@ impl Validate for Config {
                 "max_message_bytes",
                 self.max_message_bytes,
                 "must be at least 1024",
+            ));
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return Err(ConfigError::invalid(
+                    "tls_key",
+                    "unset",
+                    "must be set with tls_cert",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "tls_cert",
+                    "unset",
+                    "must be set with tls_key",
+                ));
+            }
+            _ => {}
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return Err(ConfigError::invalid(
+                "tls_client_ca",
+                "set",
+                "mutual TLS needs tls_cert and tls_key too",
             ));
         }
         Ok(())
@@ -211,6 +286,27 @@ mod tests {
         assert_eq!(config.shutdown_grace, Duration::from_secs(45));
         assert_eq!(config.drain_delay, Duration::from_secs(90));
         assert_eq!(config.read_cache_ttl, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn tls_files_come_as_a_set() {
+        let config = load(&[
+            ("SWITCHYARD__TLS_CERT", "/tls/tls.crt"),
+            ("SWITCHYARD__TLS_KEY", "/tls/tls.key"),
+            ("SWITCHYARD__TLS_CLIENT_CA", "/tls/ca.crt"),
+            ("SWITCHYARD__TLS_RELOAD_INTERVAL", "30s"),
+        ])
+        .unwrap();
+        let files = config.certificate_files().unwrap();
+        assert_eq!(files.cert, PathBuf::from("/tls/tls.crt"));
+        assert_eq!(files.client_ca, Some(PathBuf::from("/tls/ca.crt")));
+        assert_eq!(config.tls_reload_interval, Duration::from_secs(30));
+        assert!(load(&[]).unwrap().certificate_files().is_none());
+
+        let error = load(&[("SWITCHYARD__TLS_CERT", "/tls/tls.crt")]).unwrap_err();
+        assert!(error.to_string().contains("tls_key"), "{error}");
+        let error = load(&[("SWITCHYARD__TLS_CLIENT_CA", "/tls/ca.crt")]).unwrap_err();
+        assert!(error.to_string().contains("tls_client_ca"), "{error}");
     }
 
     #[test]

@@ -17,6 +17,8 @@
 //!   [`events`]: the `data_sync` message format.
 //! - [`grpc`]: the tonic service; [`call_layer`]: tracing, deadlines and
 //!   metrics around every call; [`http`]: the JSON gateway.
+//! - [`tls`]: both servers' certificates, reloaded when the files change;
+//!   [`tls_listener`]: connections handed over after their handshake.
 
 pub mod app;
 pub mod call_layer;
@@ -32,6 +34,8 @@ pub mod metrics;
 pub mod outbox;
 pub mod read_cache;
 pub mod store;
+pub mod tls;
+pub mod tls_listener;
 
 pub use app::{Application, run};
 pub use config::{Config, ENV_KEYS};

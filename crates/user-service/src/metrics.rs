@@ -18,6 +18,13 @@ pub const USER_CACHE_LOOKUPS: &str = "user_cache_lookups_total";
 pub const USER_CACHE_FEED_ERRORS: &str = "user_cache_feed_errors_total";
 /// 1 on the replica that holds the outbox relay lease, 0 elsewhere.
 pub const OUTBOX_RELAY_LEADER: &str = "outbox_relay_leader";
+/// Reloads of the TLS files after a change (label `outcome`: `applied`,
+/// `rejected`).
+pub const TLS_CERTIFICATE_RELOADS: &str = "tls_certificate_reloads_total";
+/// Connections dropped before their TLS handshake finished (label
+/// `server`: `grpc`, `http`): plaintext, no or a wrong client certificate,
+/// an untrusted server certificate, a timeout.
+pub const TLS_HANDSHAKE_FAILURES: &str = "tls_handshake_failures_total";
 
 /// The service's own metrics with their `# HELP` text.
 pub const ALL: &[Metric] = &[
@@ -40,5 +47,13 @@ pub const ALL: &[Metric] = &[
     Metric::gauge(
         OUTBOX_RELAY_LEADER,
         "1 on the replica that relays the outbox, 0 on the others.",
+    ),
+    Metric::counter(
+        TLS_CERTIFICATE_RELOADS,
+        "Reloads of changed TLS certificate files, by outcome (applied or rejected).",
+    ),
+    Metric::counter(
+        TLS_HANDSHAKE_FAILURES,
+        "Connections dropped before their TLS handshake finished, by server (grpc or http).",
     ),
 ];

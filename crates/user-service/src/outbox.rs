@@ -32,14 +32,14 @@ use common::{
     reconnect::{Session, keep_connected},
 };
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
+    BasicProperties, Channel, Confirmation, Connection,
     options::{BasicPublishOptions, ConfirmSelectOptions},
     types::{AMQPValue, FieldTable, LongString},
 };
 use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use workqueue::topology::declare_data_sync;
+use workqueue::topology::{QueueType, declare_data_sync_as};
 
 use crate::{
     error::UserError,
@@ -78,8 +78,12 @@ pub enum RelayError {
 pub struct RelaySettings {
     /// The broker.
     pub amqp_url: SecretUrl,
+    /// TLS files for an `amqps://` broker (CA, client certificate).
+    pub amqp_tls: common::tls::TlsFiles,
     /// The queue (`data_sync` unless configured otherwise).
     pub queue: String,
+    /// Classic or quorum, as the task-workers declare it.
+    pub queue_type: QueueType,
     /// Look for leftover events this often when no commit wakes the relay.
     pub poll_interval: Duration,
     /// Events per database read.
@@ -193,16 +197,17 @@ impl OutboxRelay {
     }
 
     async fn connect(&self) -> Result<AmqpLink, lapin::Error> {
-        let connection = Connection::connect(
-            self.settings.amqp_url.expose(),
-            ConnectionProperties::default(),
+        let connection = workqueue::connection::connect(
+            &self.settings.amqp_url,
+            &self.settings.amqp_tls,
+            "user-service",
         )
         .await?;
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        declare_data_sync(&channel, &self.settings.queue).await?;
+        declare_data_sync_as(&channel, &self.settings.queue, self.settings.queue_type).await?;
         Ok(AmqpLink {
             connection,
             channel,

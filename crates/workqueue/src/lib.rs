@@ -3,6 +3,8 @@
 //! - [`topology`]: every queue name (`task_queue`, its retry tiers, its DLQ,
 //!   `data_sync` and its DLQ) and how each is declared, in one place.
 //! - [`task`]: the [`task::Task`] envelope and its JSON and Protobuf encodings.
+//! - [`connection`]: the one AMQP connect of every service, `amqp://` or
+//!   `amqps://` with a custom CA and an optional client certificate.
 //! - [`publisher`]: [`publisher::TaskPublisher`], persistent publishing that
 //!   returns only once the broker confirmed, with a bounded window of
 //!   unconfirmed messages and reconnection.
@@ -12,6 +14,7 @@
 //! headers ([`topology::headers`]). user-service declares `data_sync` with
 //! [`topology::declare_data_sync`].
 
+pub mod connection;
 pub mod publisher;
 pub mod task;
 pub mod topology;

@@ -17,6 +17,13 @@
 //! which always means "not confirmed" (it may still have reached the queue,
 //! which is why workers are idempotent by task id).
 //!
+//! `amqp_url` may list the nodes of a cluster (see [`crate::connection`]):
+//! a lost connection is replaced by one to the next node that answers, the
+//! work queue declared again there, and every publish whose confirm was
+//! outstanding at the loss is sent again on the new channel (the lost
+//! channel fails its pending confirms, which is the `Err` arm above), so
+//! none is dropped silently: it is confirmed, or its caller gets `Err`.
+//!
 //! When the service's shutdown fires, the publisher stops reconnecting but
 //! keeps a live connection until the last handle is dropped or
 //! [`TaskPublisher::close`] is called, so work still draining can publish.
@@ -37,10 +44,11 @@ use common::{
     reconnect::{Session, keep_connected},
     retry::Retryable,
     shutdown::Shutdown,
+    tls::TlsFiles,
 };
 use futures::StreamExt;
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
+    BasicProperties, Channel, Confirmation, Connection,
     options::{BasicPublishOptions, ConfirmSelectOptions},
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
@@ -50,7 +58,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     task::Task,
-    topology::{DEFAULT_TASK_QUEUE, Topology},
+    topology::{DEFAULT_TASK_QUEUE, QueueType, Topology},
 };
 
 /// AMQP delivery mode of a message that survives a broker restart.
@@ -65,6 +73,8 @@ const NACK_PAUSE: Duration = Duration::from_millis(50);
 pub struct PublisherConfig {
     /// The broker, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`.
     pub amqp_url: SecretUrl,
+    /// CA and client certificate for an `amqps://` url (see [`crate::connection`]).
+    pub amqp_tls: TlsFiles,
     /// The work queue's base name (see [`Topology`]).
     pub queue: String,
     /// How task bodies are encoded.
@@ -74,16 +84,20 @@ pub struct PublisherConfig {
     /// How long one [`TaskPublisher::publish`] may take, waiting for a
     /// connection and resends included.
     pub publish_timeout: Duration,
+    /// Classic or quorum queues (must match the workers' `queue_type`).
+    pub queue_type: QueueType,
 }
 
 impl Default for PublisherConfig {
     fn default() -> Self {
         PublisherConfig {
             amqp_url: SecretUrl::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            amqp_tls: TlsFiles::default(),
             queue: DEFAULT_TASK_QUEUE.to_string(),
             content_type: ContentType::Protobuf,
             max_unconfirmed: 256,
             publish_timeout: Duration::from_secs(5),
+            queue_type: QueueType::Classic,
         }
     }
 }
@@ -402,7 +416,7 @@ async fn maintain_connection(
     closing: CancellationToken,
 ) {
     let connection = PublisherConnection {
-        topology: Topology::new(config.queue.clone()),
+        topology: Topology::new(config.queue.clone()).with_queue_type(config.queue_type),
         config,
         link,
         connected,
@@ -508,11 +522,8 @@ async fn connect(
     config: &PublisherConfig,
     topology: &Topology,
 ) -> Result<(Connection, Channel), lapin::Error> {
-    let connection = Connection::connect(
-        config.amqp_url.expose(),
-        ConnectionProperties::default().with_connection_name(LongString::from("task-producer")),
-    )
-    .await?;
+    let connection =
+        crate::connection::connect(&config.amqp_url, &config.amqp_tls, "task-producer").await?;
     let prepared = async {
         let channel = connection.create_channel().await?;
         channel

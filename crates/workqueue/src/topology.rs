@@ -21,14 +21,42 @@
 //!
 //! The main queue and the DLQ carry no arguments, so a plain client that
 //! declares `task_queue` as `durable=True` gets no `PRECONDITION_FAILED`.
+//!
+//! ## Quorum queues
+//!
+//! With [`QueueType::Quorum`] (`queue_type = "quorum"`, for a cluster) every
+//! queue above is a replicated quorum queue and gets these arguments besides
+//! the ones in the table:
+//!
+//! | queue | extra arguments |
+//! |---|---|
+//! | `task_queue`, `data_sync` | `x-queue-type = quorum`, `x-delivery-limit`, `x-dead-letter-exchange = ""`, `x-dead-letter-routing-key = <queue>.dlq`, `x-dead-letter-strategy = at-least-once`, `x-overflow = reject-publish` |
+//! | `task_queue.retry.<ms>ms` | `x-queue-type = quorum`, `x-dead-letter-strategy = at-least-once`, `x-overflow = reject-publish` |
+//! | `task_queue.dlq`, `data_sync.dlq` | `x-queue-type = quorum` |
+//!
+//! `x-delivery-limit` is a second poison guard beside our attempt counter:
+//! the counter only sees failures a worker lived to report, while a task
+//! that kills its worker is handed back by the broker again and again; past
+//! the limit the broker dead-letters it to the DLQ itself. At-least-once
+//! dead-lettering keeps a message in its source queue until the target
+//! queue confirmed it, so a task cannot be lost between a retry tier and the
+//! work queue when a node dies; RabbitMQ requires `reject-publish` overflow
+//! with it.
+//!
+//! A queue's type cannot change in place: declaring an existing classic
+//! queue as quorum (or the other way round) fails with `PRECONDITION_FAILED`,
+//! which [`Topology::declare`] turns into an error saying what to do
+//! (deploy/README.md, "Move a running installation to quorum queues").
 
-use std::time::Duration;
+use std::{fmt, str::FromStr, time::Duration};
 
 use lapin::{
-    Channel,
+    Channel, ErrorKind,
     options::{QueueDeclareOptions, QueueDeleteOptions},
+    protocol::{AMQPErrorKind, AMQPSoftError},
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
+use serde::{Deserialize, Serialize};
 
 /// Default base name of the work queue (what plain clients use).
 pub const DEFAULT_TASK_QUEUE: &str = "task_queue";
@@ -43,6 +71,59 @@ pub const DEFAULT_RETRY_MAX_DELAY: Duration = Duration::from_secs(60);
 /// Default number of deliveries of a task (the first one included) before it
 /// is dead-lettered.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+
+/// Default `x-delivery-limit` of a quorum work queue: deliveries the broker
+/// hands out (redeliveries after a worker died included) before it
+/// dead-letters the message. Well above [`DEFAULT_MAX_ATTEMPTS`], so the
+/// attempt counter always decides first for a task that fails normally, and
+/// room for the redeliveries of a node loss.
+pub const DEFAULT_DELIVERY_LIMIT: u32 = 20;
+
+/// Which kind of RabbitMQ queue the topology declares (`queue_type`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// Single-node queues with no arguments: what plain clients declare.
+    #[default]
+    Classic,
+    /// Replicated Raft queues for a cluster (`x-queue-type = quorum`).
+    Quorum,
+}
+
+impl QueueType {
+    /// `classic` or `quorum`, as in the config file and `x-queue-type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Classic => "classic",
+            QueueType::Quorum => "quorum",
+        }
+    }
+
+    fn other(self) -> QueueType {
+        match self {
+            QueueType::Classic => QueueType::Quorum,
+            QueueType::Quorum => QueueType::Classic,
+        }
+    }
+}
+
+impl fmt::Display for QueueType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for QueueType {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "classic" => Ok(QueueType::Classic),
+            "quorum" => Ok(QueueType::Quorum),
+            other => Err(format!("unknown queue type {other:?}: classic or quorum")),
+        }
+    }
+}
 
 /// Names of the AMQP headers the work queue uses.
 pub mod headers {
@@ -64,6 +145,8 @@ pub mod headers {
 pub struct Topology {
     task_queue: String,
     retry_delays: Vec<Duration>,
+    queue_type: QueueType,
+    delivery_limit: u32,
 }
 
 impl Default for Topology {
@@ -82,7 +165,26 @@ impl Topology {
                 DEFAULT_RETRY_MAX_DELAY,
                 DEFAULT_MAX_ATTEMPTS,
             ),
+            queue_type: QueueType::Classic,
+            delivery_limit: DEFAULT_DELIVERY_LIMIT,
         }
+    }
+
+    /// Declares the queues as `queue_type` (classic by default).
+    pub fn with_queue_type(mut self, queue_type: QueueType) -> Self {
+        self.queue_type = queue_type;
+        self
+    }
+
+    /// The `x-delivery-limit` of quorum queues (at least 1).
+    pub fn with_delivery_limit(mut self, limit: u32) -> Self {
+        self.delivery_limit = limit.max(1);
+        self
+    }
+
+    /// The kind of queue this topology declares.
+    pub fn queue_type(&self) -> QueueType {
+        self.queue_type
     }
 
     /// Replaces the retry tiers. Delays are sorted and de-duplicated; zero
@@ -136,38 +238,65 @@ impl Topology {
         names
     }
 
+    /// The declare arguments of the work queue (none when classic).
+    pub fn task_queue_arguments(&self) -> FieldTable {
+        main_queue_arguments(
+            self.queue_type,
+            &self.dead_letter_queue(),
+            self.delivery_limit,
+        )
+    }
+
+    /// The declare arguments of the retry tier for `delay`.
+    pub fn retry_queue_arguments(&self, delay: Duration) -> FieldTable {
+        let mut arguments = type_arguments(self.queue_type);
+        arguments.insert(
+            "x-message-ttl".into(),
+            AMQPValue::LongLongInt(delay.as_millis() as i64),
+        );
+        dead_letter_to(&mut arguments, self.queue_type, &self.task_queue);
+        arguments
+    }
+
+    /// The declare arguments of the DLQ (none when classic).
+    pub fn dead_letter_queue_arguments(&self) -> FieldTable {
+        type_arguments(self.queue_type)
+    }
+
     /// Declares the work queue and its DLQ: what a producer needs so that its
     /// messages are routed. Retry tiers are left to the workers, which know
     /// their backoff.
     pub async fn declare_work_queue(&self, channel: &Channel) -> Result<(), lapin::Error> {
-        declare_plain(channel, &self.task_queue).await?;
-        declare_plain(channel, &self.dead_letter_queue()).await
+        // The DLQ first: the work queue dead-letters into it.
+        declare_queue(
+            channel,
+            &self.dead_letter_queue(),
+            self.dead_letter_queue_arguments(),
+            self.queue_type,
+        )
+        .await?;
+        declare_queue(
+            channel,
+            &self.task_queue,
+            self.task_queue_arguments(),
+            self.queue_type,
+        )
+        .await
     }
 
-    /// Declares every queue (idempotent: the same declaration again is a no-op).
+    /// Declares every queue (idempotent: the same declaration again is a
+    /// no-op). A queue that exists with another type fails with an error
+    /// saying what to do.
     pub async fn declare(&self, channel: &Channel) -> Result<(), lapin::Error> {
         self.declare_work_queue(channel).await?;
         for delay in &self.retry_delays {
-            let mut arguments = FieldTable::default();
-            arguments.insert(
-                "x-message-ttl".into(),
-                AMQPValue::LongLongInt(delay.as_millis() as i64),
-            );
-            arguments.insert(
-                "x-dead-letter-exchange".into(),
-                AMQPValue::LongString(LongString::from("")),
-            );
-            arguments.insert(
-                "x-dead-letter-routing-key".into(),
-                AMQPValue::LongString(LongString::from(self.task_queue.as_str())),
-            );
-            channel
-                .queue_declare(
-                    ShortString::from(self.retry_queue(*delay)),
-                    QueueDeclareOptions::durable(),
-                    arguments,
-                )
-                .await?;
+            declare_queue(
+                channel,
+                &self.retry_queue(*delay),
+                self.retry_queue_arguments(*delay),
+                self.queue_type,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -184,11 +313,48 @@ impl Topology {
     }
 }
 
-/// Declares a user-event queue (default name [`DATA_SYNC_QUEUE`]): durable,
-/// no arguments, so a plain AMQP client declaring it the same way agrees
-/// with us instead of failing with `PRECONDITION_FAILED`.
+/// Declares a classic user-event queue (default name [`DATA_SYNC_QUEUE`]):
+/// durable, no arguments, so a plain AMQP client declaring it the same way
+/// agrees with us instead of failing with `PRECONDITION_FAILED`.
 pub async fn declare_data_sync(channel: &Channel, queue: &str) -> Result<(), lapin::Error> {
-    declare_plain(channel, queue).await
+    declare_data_sync_as(channel, queue, QueueType::Classic).await
+}
+
+/// Declares a user-event queue as `queue_type`. A quorum one dead-letters
+/// into its DLQ past its delivery limit, so the DLQ is declared first; a
+/// classic one does not, and its DLQ is left to the consumer
+/// ([`declare_data_sync_dead_letters`]).
+pub async fn declare_data_sync_as(
+    channel: &Channel,
+    queue: &str,
+    queue_type: QueueType,
+) -> Result<(), lapin::Error> {
+    let dead_letters = data_sync_dead_letter_queue(queue);
+    if queue_type == QueueType::Quorum {
+        declare_data_sync_dead_letters(channel, queue, queue_type).await?;
+    }
+    declare_queue(
+        channel,
+        queue,
+        main_queue_arguments(queue_type, &dead_letters, DEFAULT_DELIVERY_LIMIT),
+        queue_type,
+    )
+    .await
+}
+
+/// Declares the DLQ of the user-event queue `queue` as `queue_type`.
+pub async fn declare_data_sync_dead_letters(
+    channel: &Channel,
+    queue: &str,
+    queue_type: QueueType,
+) -> Result<(), lapin::Error> {
+    declare_queue(
+        channel,
+        &data_sync_dead_letter_queue(queue),
+        type_arguments(queue_type),
+        queue_type,
+    )
+    .await
 }
 
 /// The dead-letter queue of a user-event queue: `<queue>.dlq`.
@@ -210,15 +376,111 @@ pub fn exponential_delays(base: Duration, max: Duration, max_attempts: u32) -> V
     delays
 }
 
-async fn declare_plain(channel: &Channel, queue: &str) -> Result<(), lapin::Error> {
+/// `x-queue-type = quorum` for a quorum queue; nothing for a classic one, so
+/// it matches a plain client's declaration.
+fn type_arguments(queue_type: QueueType) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    if queue_type == QueueType::Quorum {
+        arguments.insert("x-queue-type".into(), text("quorum"));
+    }
+    arguments
+}
+
+/// A work queue or `data_sync`: classic plain; quorum with its delivery
+/// limit, dead-lettering at least once into `dead_letters`.
+fn main_queue_arguments(queue_type: QueueType, dead_letters: &str, limit: u32) -> FieldTable {
+    let mut arguments = type_arguments(queue_type);
+    if queue_type == QueueType::Quorum {
+        arguments.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(limit.into()),
+        );
+        dead_letter_to(&mut arguments, queue_type, dead_letters);
+    }
+    arguments
+}
+
+/// Dead-letters through the default exchange onto `queue`; at least once on
+/// a quorum queue.
+fn dead_letter_to(arguments: &mut FieldTable, queue_type: QueueType, queue: &str) {
+    arguments.insert("x-dead-letter-exchange".into(), text(""));
+    arguments.insert("x-dead-letter-routing-key".into(), text(queue));
+    if queue_type == QueueType::Quorum {
+        arguments.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+        arguments.insert("x-overflow".into(), text("reject-publish"));
+    }
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+async fn declare_queue(
+    channel: &Channel,
+    queue: &str,
+    arguments: FieldTable,
+    queue_type: QueueType,
+) -> Result<(), lapin::Error> {
     channel
         .queue_declare(
             ShortString::from(queue),
             QueueDeclareOptions::durable(),
-            FieldTable::default(),
+            arguments,
         )
         .await
         .map(|_| ())
+        .map_err(|error| explain_mismatch(error, queue, queue_type))
+}
+
+/// RabbitMQ answers a declaration whose arguments differ from the existing
+/// queue's with `PRECONDITION_FAILED` and closes the channel; the bare
+/// message ("inequivalent arg 'x-queue-type'") does not tell an operator
+/// what to do, this one does.
+fn explain_mismatch(error: lapin::Error, queue: &str, queue_type: QueueType) -> lapin::Error {
+    let ErrorKind::ProtocolError(amqp) = error.kind() else {
+        return error;
+    };
+    if amqp.kind() != &AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED) {
+        return error;
+    }
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        QueueMismatch {
+            queue: queue.to_string(),
+            configured: queue_type,
+            broker: amqp.get_message().to_string(),
+        },
+    )
+    .into()
+}
+
+/// An existing queue declared with other arguments than ours.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "queue {queue:?} already exists with other arguments than queue_type = \"{configured}\" \
+     declares (broker: {broker}); a queue's type cannot change in place: set queue_type = \
+     \"{other}\" to match the existing queues, or drain and delete them first (deploy/README.md, \
+     \"Move a running installation to quorum queues\")",
+    other = configured.other()
+)]
+pub struct QueueMismatch {
+    /// The queue whose declaration failed.
+    pub queue: String,
+    /// The `queue_type` of our configuration.
+    pub configured: QueueType,
+    /// RabbitMQ's own text (`PRECONDITION_FAILED - inequivalent arg ...`).
+    pub broker: String,
+}
+
+/// `true` when `error` is a [`QueueMismatch`] from [`Topology::declare`] or
+/// [`declare_data_sync_as`]: retrying will not help, the operator must act.
+pub fn is_queue_mismatch(error: &lapin::Error) -> bool {
+    match error.kind() {
+        ErrorKind::IOError(io) => io
+            .get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<QueueMismatch>().is_some()),
+        _ => false,
+    }
 }
 
 /// Queue TTLs are whole milliseconds; rounding here keeps names and TTLs equal.
@@ -270,5 +532,47 @@ mod tests {
             Duration::from_millis(400)
         );
         assert_eq!(Topology::new("q").with_retry_delays([]).retry_tier(1), None);
+    }
+
+    #[test]
+    fn classic_queues_carry_no_type_and_quorum_queues_dead_letter_at_least_once() {
+        let classic = Topology::new("q");
+        assert_eq!(classic.task_queue_arguments(), FieldTable::default());
+        assert_eq!(classic.dead_letter_queue_arguments(), FieldTable::default());
+        let retry = classic.retry_queue_arguments(Duration::from_secs(1));
+        assert!(!retry.inner().contains_key("x-queue-type"));
+        assert!(!retry.inner().contains_key("x-dead-letter-strategy"));
+
+        let quorum = Topology::new("q").with_queue_type(QueueType::Quorum);
+        let main = quorum.task_queue_arguments();
+        let main = main.inner();
+        assert_eq!(main.get("x-queue-type"), Some(&text("quorum")));
+        assert_eq!(
+            main.get("x-delivery-limit"),
+            Some(&AMQPValue::LongLongInt(DEFAULT_DELIVERY_LIMIT.into()))
+        );
+        assert_eq!(main.get("x-dead-letter-routing-key"), Some(&text("q.dlq")));
+        assert_eq!(
+            main.get("x-dead-letter-strategy"),
+            Some(&text("at-least-once"))
+        );
+        assert_eq!(main.get("x-overflow"), Some(&text("reject-publish")));
+        let retry = quorum.retry_queue_arguments(Duration::from_secs(1));
+        let retry = retry.inner();
+        assert_eq!(retry.get("x-dead-letter-routing-key"), Some(&text("q")));
+        assert_eq!(
+            retry.get("x-dead-letter-strategy"),
+            Some(&text("at-least-once"))
+        );
+        let dlq = quorum.dead_letter_queue_arguments();
+        assert_eq!(dlq.inner().len(), 1, "the DLQ only has its type: {dlq:?}");
+    }
+
+    #[test]
+    fn queue_type_reads_as_lowercase_text() {
+        assert_eq!("quorum".parse(), Ok(QueueType::Quorum));
+        assert_eq!("classic".parse(), Ok(QueueType::Classic));
+        assert!("mirrored".parse::<QueueType>().is_err());
+        assert_eq!(QueueType::default(), QueueType::Classic);
     }
 }

@@ -39,7 +39,7 @@ pub(crate) struct TestEnv {
     pub(crate) readings: String,
     pub(crate) alerts: String,
     pub(crate) stream: String,
-    pub(crate) durable: String,
+    pub(crate) group: String,
     pub(crate) task_queue: String,
     pub(crate) dir: PathBuf,
 }
@@ -68,10 +68,20 @@ impl TestEnv {
             readings: format!("test.{suffix}.sensor.data"),
             alerts: format!("test.{suffix}.sensor.alert"),
             stream: format!("TEST_SENSORS_{suffix}"),
-            durable: format!("test-alerts-{suffix}"),
+            group: format!("test_alerts_{suffix}"),
             task_queue: format!("test.{suffix}.task_queue"),
             dir,
         }
+    }
+
+    /// Names on a private nats-server with the deployments' partition
+    /// mapping: the real subjects and stream (nobody else uses that server).
+    pub(crate) fn partitioned(server: &NatsServer) -> Self {
+        let mut env = Self::on(&server.url(), &amqp_url());
+        env.readings = "sensor.data".into();
+        env.alerts = "sensor.alert".into();
+        env.stream = "SENSORS".into();
+        env
     }
 
     /// An in-process subscriber config for this test (ops on port 0).
@@ -84,7 +94,7 @@ impl TestEnv {
             alert_subject_prefix: self.alerts.clone(),
             queue_group: "alerts".into(),
             stream: self.stream.clone(),
-            durable_name: self.durable.clone(),
+            group: self.group.clone(),
             task_queue: self.task_queue.clone(),
             shutdown_grace: Duration::from_secs(20),
             ..Config::default()
@@ -162,25 +172,30 @@ impl TestEnv {
         js
     }
 
-    /// Waits until this test's durable consumer has no reading waiting for
-    /// its ack (and, with `none_pending`, none left to deliver either).
-    pub(crate) async fn wait_until_acked(
+    /// Waits until `lane`'s checkpoint in this test's group reached `seq`.
+    pub(crate) async fn wait_for_checkpoint(
         &self,
         js: &async_nats::jetstream::Context,
+        lane: &str,
+        seq: u64,
         timeout: Duration,
-        none_pending: bool,
     ) {
-        let stream = js.get_stream(&self.stream).await.unwrap();
-        let consumer: async_nats::jetstream::consumer::PullConsumer =
-            stream.get_consumer(&self.durable).await.unwrap();
-        eventually("every reading acked", timeout, || {
-            let mut consumer = consumer.clone();
-            async move {
-                let info = consumer.info().await.ok()?;
-                (info.num_ack_pending == 0 && (!none_pending || info.num_pending == 0))
-                    .then_some(())
-            }
-        })
+        let state = js
+            .get_key_value(format!("{}_state", self.group))
+            .await
+            .unwrap();
+        eventually(
+            &format!("lane {lane} checkpointed at {seq}"),
+            timeout,
+            || {
+                let state = state.clone();
+                async move {
+                    let value = state.get(format!("lane.{lane}")).await.ok()??;
+                    let checkpoint: serde_json::Value = serde_json::from_slice(&value).ok()?;
+                    (checkpoint["seq"].as_u64()? >= seq).then_some(())
+                }
+            },
+        )
         .await;
     }
 
@@ -233,15 +248,20 @@ impl Drop for TestEnv {
     fn drop(&mut self) {
         let nats_url = self.nats_url.clone();
         let amqp_url = self.amqp_url.clone();
-        let stream = self.stream.clone();
+        let streams = [
+            self.stream.clone(),
+            format!("KV_{}_leases", self.group),
+            format!("KV_{}_state", self.group),
+        ];
         let queue = self.task_queue.clone();
         let _ = std::fs::remove_dir_all(&self.dir);
         testkit::block_on_cleanup(async move {
             let cleanup = async {
                 if let Ok(client) = async_nats::connect(nats_url).await {
-                    let _ = async_nats::jetstream::new(client)
-                        .delete_stream(&stream)
-                        .await;
+                    let js = async_nats::jetstream::new(client);
+                    for stream in streams {
+                        let _ = js.delete_stream(&stream).await;
+                    }
                 }
                 testkit::delete_queues(&amqp_url, Topology::new(queue).queue_names()).await;
             };
@@ -434,22 +454,25 @@ pub(crate) fn series_value(page: &str, series: &str) -> Option<f64> {
 #[derive(Debug)]
 pub(crate) struct AlertProcess {
     child: Child,
+    /// Its ops address (`/partitions`, `/metrics`).
+    pub(crate) ops_addr: SocketAddr,
 }
 
 impl AlertProcess {
     pub(crate) fn spawn(config_file: &Path, env: &TestEnv) -> Self {
+        let ops_addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let child = Command::new(env!("CARGO_BIN_EXE_alert-subscriber"))
             .arg("--config")
             .arg(config_file)
             .env("NATS_URL", &env.nats_url)
             .env("AMQP_URL", &env.amqp_url)
-            .env("OPS_ADDR", "127.0.0.1:0")
+            .env("OPS_ADDR", ops_addr.to_string())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("the alert-subscriber binary");
-        AlertProcess { child }
+        AlertProcess { child, ops_addr }
     }
 
     /// SIGKILL: a crash, nothing drained.

@@ -1,7 +1,11 @@
-//! JetStream mode: the durable consumer acks a reading only once its alert
-//! is safe, so a killed subscriber or a RabbitMQ outage loses nothing.
+//! JetStream mode on a server without the partition mapping (the shared
+//! one): every reading goes through the `unmapped` lane, whose checkpoint
+//! moves only once its alerts are safe, so a killed subscriber or a RabbitMQ
+//! outage loses nothing.
 
 use std::{collections::HashSet, sync::atomic::Ordering, time::Duration};
+
+use futures::TryStreamExt;
 
 use common::codec::{Codec, ContentType};
 
@@ -34,8 +38,8 @@ async fn jetstream_mode_a_killed_subscriber_loses_no_reading() {
     let alerts = Alerts::collect(&client, &env.alerts).await;
     let config = |max_in_flight: usize| {
         format!(
-            "mode = \"jetstream\"\nsubject_prefix = \"{}\"\nalert_subject_prefix = \"{}\"\nstream = \"{}\"\ndurable_name = \"{}\"\ntask_queue = \"{}\"\nack_wait = \"2s\"\nmax_in_flight = {max_in_flight}\n",
-            env.readings, env.alerts, env.stream, env.durable, env.task_queue
+            "mode = \"jetstream\"\nsubject_prefix = \"{}\"\nalert_subject_prefix = \"{}\"\nstream = \"{}\"\ngroup = \"{}\"\ntask_queue = \"{}\"\nmax_in_flight = {max_in_flight}\n",
+            env.readings, env.alerts, env.stream, env.group, env.task_queue
         )
     };
     // The first one hands alerts on one at a time, so it is mid-stream when killed.
@@ -74,18 +78,16 @@ async fn jetstream_mode_a_killed_subscriber_loses_no_reading() {
     let mut stream = js.get_stream(&env.stream).await.unwrap();
     let info = stream.info().await.unwrap();
     assert_eq!(info.state.messages, 2000);
-    // The readings the killed instance had in hand stay "ack pending" until
-    // their ack wait runs out and they are redelivered to the second one,
-    // which may come after every alert id was already seen: wait for that.
-    env.wait_until_acked(&js, Duration::from_secs(60), true)
+    // The second instance takes the lane once the killed one's lease ran
+    // out, and continues from its checkpoint to the end of the stream.
+    env.wait_for_checkpoint(&js, "unmapped", 2000, Duration::from_secs(60))
         .await;
     second.terminate().await;
 }
 
 #[tokio::test]
 async fn jetstream_mode_holds_readings_while_rabbitmq_is_down_without_redelivery() {
-    // Arrange: readings stored in the stream, RabbitMQ not up yet, and an ack
-    // wait much shorter than the outage.
+    // Arrange: readings stored in the stream, RabbitMQ not up yet.
     let node = RabbitNode::new();
     let env = TestEnv::on(&nats_url(), &node.url());
     let client = env.nats().await;
@@ -108,13 +110,11 @@ async fn jetstream_mode_holds_readings_while_rabbitmq_is_down_without_redelivery
     }
     let mut config = env.config();
     config.mode = common::nats::DeliveryMode::Jetstream;
-    config.ack_wait = Duration::from_millis(1000);
     config.publish_timeout = Duration::from_millis(500);
     let instance = TestAlert::start(config).await;
 
-    // Act: the outage lasts several ack waits.
+    // Act: the outage lasts several checkpoint intervals and lease renewals.
     instance.wait_for_pending(5).await;
-    // The outage itself: four ack waits with nothing but progress acks.
     tokio::time::sleep(Duration::from_secs(4)).await;
     node.boot().await;
 
@@ -123,18 +123,18 @@ async fn jetstream_mode_holds_readings_while_rabbitmq_is_down_without_redelivery
     assert_eq!(
         instance.counts.duplicates.load(Ordering::Relaxed),
         0,
-        "no reading was redelivered while its alert waited"
+        "no reading was evaluated twice while its alert waited"
     );
     assert_eq!(instance.counts.alerts.load(Ordering::Relaxed), 5);
     let tasks = env.wait_for_tasks(5).await;
     assert_eq!(tasks.len(), 5);
-    env.wait_until_acked(&js, Duration::from_secs(10), false)
+    env.wait_for_checkpoint(&js, "unmapped", 5, Duration::from_secs(10))
         .await;
     instance.stop().await;
 }
 
 #[tokio::test]
-async fn jetstream_mode_sets_the_consumer_up_again_when_it_is_deleted() {
+async fn jetstream_mode_sets_the_consumers_up_again_when_they_are_deleted() {
     // Arrange: a subscriber pulling from the test's stream.
     let env = TestEnv::new();
     let client = env.nats().await;
@@ -155,18 +155,18 @@ async fn jetstream_mode_sets_the_consumer_up_again_when_it_is_deleted() {
     store("before").await;
     alerts.wait_for_sensor("before").await;
 
-    // Act: an operator deletes the durable consumer under the running service.
-    js.get_stream(&env.stream)
-        .await
-        .unwrap()
-        .delete_consumer(&env.durable)
-        .await
-        .unwrap();
+    // Act: an operator deletes every consumer under the running service.
+    let stream = js.get_stream(&env.stream).await.unwrap();
+    let names: Vec<String> = stream.consumer_names().try_collect().await.unwrap();
+    assert!(!names.is_empty(), "the lanes' consumers exist");
+    for name in names {
+        stream.delete_consumer(&name).await.unwrap();
+    }
     store("after").await;
 
     // Assert: the consumer is back, and the new reading raised its alert.
     alerts.wait_for_sensor("after").await;
-    env.wait_until_acked(&js, Duration::from_secs(20), true)
+    env.wait_for_checkpoint(&js, "unmapped", 2, Duration::from_secs(20))
         .await;
     let summary = instance.stop().await;
     assert_eq!(summary.alerts, 2, "the replayed reading is a duplicate");

@@ -4,9 +4,11 @@
 
 mod alerts;
 mod backpressure;
+mod cluster;
 mod helpers;
 mod jetstream;
 mod metrics;
+mod partitions;
 mod queue_group;
 mod rabbitmq_outage;
 mod reconnect;

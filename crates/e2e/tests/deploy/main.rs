@@ -13,6 +13,7 @@
 //! and pass; scripts/check-deploy.sh installs them and sets
 //! DEPLOY_TEST_REQUIRE_TOOLS=1 so nothing is skipped there.
 
+mod nats_mapping;
 mod references;
 mod retired_keys;
 mod services;

@@ -1,5 +1,5 @@
 //! A deploy file written for an older release: every key of the retired
-//! unit-in-the-name convention (`ack_wait_ms = 30000`, `window_secs = 60`)
+//! unit-in-the-name convention (`lease_ttl_ms = 5000`, `window_secs = 60`)
 //! stops its service at start with an error naming what to write instead,
 //! through each service's own loader, whether the key comes from a
 //! `SWITCHYARD__…` variable or from the config file.
@@ -11,7 +11,7 @@ use crate::services;
 /// Every key a service read before durations carried their unit, and what
 /// replaced it (docs/ARCHITECTURE.md, "Configuration").
 const RETIRED: &[(&str, &str, &str)] = &[
-    ("alert-subscriber", "ack_wait_ms", "ack_wait"),
+    ("alert-subscriber", "lease_ttl_ms", "lease_ttl"),
     ("alert-subscriber", "publish_timeout_ms", "publish_timeout"),
     ("alert-subscriber", "drain_grace_ms", "shutdown_grace"),
     ("monitor-subscriber", "window_secs", "window"),

@@ -1,6 +1,7 @@
 //! sensor-publisher against real NATS servers: the shared one, and a private
-//! one that the restart tests kill.
+//! one that the restart tests kill, and a private three-node cluster.
 
+mod cluster;
 mod helpers;
 
 use std::{

@@ -2,6 +2,7 @@
 //! restart), the real user-service, the shared Redis, and the real binary
 //! for the kill and SIGTERM cases. One module per feature.
 
+mod cluster;
 mod data_sync;
 mod dispatch;
 mod helpers;

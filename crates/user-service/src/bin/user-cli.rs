@@ -11,12 +11,17 @@
 //! ```
 //!
 //! The server is `--url` or `USER_SERVICE_URL` (default
-//! `http://127.0.0.1:50051`). Output is a readable block or table, or JSON
+//! `http://127.0.0.1:50051`). For an `https://` URL, `--ca` names the PEM
+//! file of the CA that signed the server's certificate (else the operating
+//! system's trust store is used), and `--cert` with `--key` a client
+//! certificate for mutual TLS (also `USER_SERVICE_TLS_CA`,
+//! `USER_SERVICE_TLS_CERT`, `USER_SERVICE_TLS_KEY`, as task-worker reads them). Output is a readable block or table, or JSON
 //! with `--json` (the JSON gateway's shapes). Exit codes: 0 success,
-//! 1 user-service unreachable or failing, 2 bad command line, 3 not found,
+//! 1 user-service unreachable or failing (a failed TLS handshake too),
+//! 2 bad command line (an unreadable `--ca`, `--cert` or `--key` too), 3 not found,
 //! 4 rejected (invalid argument or already exists).
 
-use std::{process::ExitCode, time::Duration};
+use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use common::proto::user::v1::{CreateUserRequest, GetUserResponse, UpdateUserRequest};
@@ -35,6 +40,16 @@ struct Cli {
         global = true
     )]
     url: String,
+    /// https:// only: PEM file of the CA the server's certificate must chain
+    /// to (default: the operating system's trust store).
+    #[arg(long, env = "USER_SERVICE_TLS_CA", global = true)]
+    ca: Option<PathBuf>,
+    /// https:// only: PEM client certificate for mutual TLS (with --key).
+    #[arg(long, env = "USER_SERVICE_TLS_CERT", global = true, requires = "key")]
+    cert: Option<PathBuf>,
+    /// https:// only: PEM private key of --cert.
+    #[arg(long, env = "USER_SERVICE_TLS_KEY", global = true, requires = "cert")]
+    key: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -105,11 +120,18 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let client = match UserClient::connect_lazy(ClientConfig {
         url: cli.url.clone(),
+        ca: cli.ca.clone(),
+        cert: cli.cert.clone(),
+        key: cli.key.clone(),
         timeout: cli.timeout,
         ..ClientConfig::default()
     }) {
         Ok(client) => client,
-        Err(error) => return fail(&error),
+        // Only the URL and the TLS files are checked here: all command line.
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
     };
     match execute(&client, cli.command, cli.json).await {
         Ok(output) => {

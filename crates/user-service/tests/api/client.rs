@@ -23,6 +23,7 @@ fn client_for(
         timeout,
         retry,
         breaker,
+        ..ClientConfig::default()
     })
     .expect("a valid url")
 }

@@ -24,7 +24,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
     task::JoinHandle,
 };
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ClientTlsConfig};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use user_service::{Application, Config, read_cache::ReadCache};
 
@@ -355,6 +355,8 @@ pub(crate) struct TestApp {
     /// Shared with the test's other replicas, dropped after the last one.
     pub(crate) db: Arc<TestDatabase>,
     pub(crate) cache: Arc<ReadCache>,
+    /// The harness's own TLS settings when the service serves TLS.
+    pub(crate) client_tls: Option<ClientTlsConfig>,
 }
 
 impl TestApp {
@@ -371,6 +373,37 @@ impl TestApp {
         let mut config = test_config(&db.url, &queue.name);
         tweak(&mut config);
         let app = TestApp::start(config, db, queue).await;
+        app.wait_until_serving().await;
+        app
+    }
+
+    /// Like [`TestApp::spawn_with`], serving TLS with `pki`'s server
+    /// certificate (`mutual`: client certificates required); the harness's
+    /// own calls trust the test CA and show its client certificate.
+    pub(crate) async fn spawn_tls(
+        kind: Db,
+        pki: &crate::pki::Pki,
+        mutual: bool,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestApp {
+        common::telemetry::init_for_tests();
+        let db = TestDatabase::create(kind).await;
+        let queue = TestQueue::new();
+        let mut config = test_config(&db.url, &queue.name);
+        pki.serve(&mut config, mutual);
+        tweak(&mut config);
+        let mut app = TestApp::start(config, db, queue).await;
+        let read = |name| std::fs::read(pki.path(name)).unwrap();
+        app.client_tls = Some(
+            ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(read(
+                    crate::pki::CA,
+                )))
+                .identity(tonic::transport::Identity::from_pem(
+                    read(crate::pki::CLIENT_CERT),
+                    read(crate::pki::CLIENT_KEY),
+                )),
+        );
         app.wait_until_serving().await;
         app
     }
@@ -422,11 +455,17 @@ impl TestApp {
             shutdown,
             queue,
             db: db.into(),
+            client_tls: None,
         }
     }
 
     pub(crate) fn grpc_url(&self) -> String {
-        format!("http://{}", self.grpc_addr)
+        let scheme = if self.client_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.grpc_addr)
     }
 
     pub(crate) fn http_url(&self, path: &str) -> String {
@@ -435,18 +474,16 @@ impl TestApp {
 
     /// A gRPC client on its own connection.
     pub(crate) async fn grpc(&self) -> UserServiceClient<Channel> {
-        UserServiceClient::connect(self.grpc_url())
-            .await
-            .expect("connect to the service")
+        UserServiceClient::new(self.channel().await)
     }
 
-    /// A new connection to the gRPC port.
+    /// A new connection to the gRPC port (over TLS when the service serves it).
     pub(crate) async fn channel(&self) -> Channel {
-        Channel::from_shared(self.grpc_url())
-            .unwrap()
-            .connect()
-            .await
-            .expect("connect to the service")
+        let mut endpoint = Channel::from_shared(self.grpc_url()).unwrap();
+        if let Some(tls) = &self.client_tls {
+            endpoint = endpoint.tls_config(tls.clone()).unwrap();
+        }
+        endpoint.connect().await.expect("connect to the service")
     }
 
     pub(crate) async fn health(&self) -> HealthClient<Channel> {

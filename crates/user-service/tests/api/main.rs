@@ -9,6 +9,8 @@ mod grpc;
 mod health;
 mod helpers;
 mod http;
+mod pki;
 mod read_cache;
 mod reflection;
+mod tls;
 mod trace;

@@ -1,0 +1,442 @@
+//! NATS with TLS and credentials, on a private nats-server of each test:
+//! TLS with a CA and client certificates made at test time (`verify: true`,
+//! mutual TLS), users authenticated by NKey or by user and password.
+//!
+//! The right credentials carry a message end to end through
+//! [`common::nats::connect_with`]; wrong ones, a CA that did not sign the
+//! server, or no TLS at all leave the client retrying, not ready, with the
+//! reason in [`ConnectionWatch::problem`] and one log line naming the
+//! server, never a credential.
+
+use std::{
+    io::Write,
+    path::PathBuf,
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
+
+use common::{
+    config::SecretUrl,
+    nats::{self, ConnectionWatch, NatsAuth, NatsConnectError, NatsOptions},
+    ops::Readiness,
+    tls::TlsFiles,
+};
+use futures::StreamExt;
+use testkit::{NatsServer, TestPki, eventually, unique};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// A user of the server, authenticated by NKey.
+struct NkeyUser {
+    public_key: String,
+    seed_file: PathBuf,
+    seed: String,
+}
+
+impl NkeyUser {
+    fn new(dir: &std::path::Path) -> Self {
+        let pair = nkeys::KeyPair::new_user();
+        let seed = pair.seed().unwrap();
+        let seed_file = dir.join(format!("{}.nk", unique()));
+        std::fs::write(&seed_file, format!("{seed}\n")).unwrap();
+        NkeyUser {
+            public_key: pair.public_key(),
+            seed_file,
+            seed,
+        }
+    }
+}
+
+/// A nats-server requiring TLS with client certificates of `pki`'s CA, and
+/// the NKey user `nkey` or `app`/`s3cret-pw` (over the URL).
+async fn secured_server(pki: &TestPki, nkey: &NkeyUser) -> NatsServer {
+    let conf = format!(
+        r#"
+tls {{
+  cert_file: "{cert}"
+  key_file: "{key}"
+  ca_file: "{ca}"
+  verify: true
+  timeout: 2
+}}
+authorization {{
+  users = [
+    {{ nkey: "{nkey}" }}
+    {{ user: "app", password: "s3cret-pw" }}
+  ]
+}}
+"#,
+        cert = pki.server_cert().display(),
+        key = pki.server_key().display(),
+        ca = pki.ca().display(),
+        nkey = nkey.public_key,
+    );
+    NatsServer::start_with(Some(&conf)).await
+}
+
+fn options(url: &str) -> NatsOptions {
+    NatsOptions {
+        url: SecretUrl::new(url),
+        name: format!("nats-auth-{}", unique()),
+        subscription_capacity: 1024,
+    }
+}
+
+fn mutual_tls(pki: &TestPki) -> TlsFiles {
+    TlsFiles {
+        ca: Some(pki.ca()),
+        cert: Some(pki.client_cert()),
+        key: Some(pki.client_key()),
+    }
+}
+
+/// Everything the services log, for the tests that count log lines. One
+/// subscriber for the whole binary: the client's events arrive on its own
+/// tasks, on any thread.
+fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let sink = buffer.clone();
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || Capture(sink.clone()))
+            .init();
+        buffer
+    })
+}
+
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn log_lines_with(needle: &str) -> Vec<String> {
+    let text = String::from_utf8_lossy(&logs().lock().unwrap()).into_owned();
+    text.lines()
+        .filter(|line| line.contains(needle))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits until the client gives a reason for not being connected.
+async fn problem_of(watch: &ConnectionWatch) -> String {
+    let watch = watch.clone();
+    eventually(
+        "the nats client to report why it cannot connect",
+        Duration::from_secs(15),
+        || {
+            let watch = watch.clone();
+            async move { watch.problem() }
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn nkey_over_mutual_tls_carries_a_message_end_to_end() {
+    // Arrange
+    let pki = TestPki::generate();
+    let user = NkeyUser::new(pki.dir());
+    let server = secured_server(&pki, &user).await;
+    let readiness = Readiness::new(&[nats::READINESS_CHECK]);
+    let watch = ConnectionWatch::with_readiness(readiness.clone());
+    let auth = NatsAuth {
+        nkey_file: Some(user.seed_file.clone()),
+        ..Default::default()
+    };
+
+    // Act: the URL says nats://, the CA setting alone turns TLS on.
+    let client = nats::connect_with(
+        &options(&server.url()),
+        &auth,
+        &mutual_tls(&pki),
+        watch.clone(),
+    )
+    .await
+    .unwrap();
+    let subject = format!("test.{}.tls", unique());
+    let mut subscription = client.subscribe(subject.clone()).await.unwrap();
+    client.publish(subject, "over tls".into()).await.unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+        .await
+        .expect("the message crossed the tls connection")
+        .unwrap();
+
+    // Assert
+    assert_eq!(&message.payload[..], b"over tls");
+    assert!(readiness.is_ready());
+    assert_eq!(watch.problem(), None);
+}
+
+#[tokio::test]
+async fn user_and_password_in_a_tls_url_carry_a_message_end_to_end() {
+    // Arrange
+    let pki = TestPki::generate();
+    let user = NkeyUser::new(pki.dir());
+    let server = secured_server(&pki, &user).await;
+    let url = format!("tls://app:s3cret-pw@127.0.0.1:{}", server.port);
+    let readiness = Readiness::new(&[nats::READINESS_CHECK]);
+
+    // Act
+    let client = nats::connect_with(
+        &options(&url),
+        &NatsAuth::default(),
+        &mutual_tls(&pki),
+        ConnectionWatch::with_readiness(readiness.clone()),
+    )
+    .await
+    .unwrap();
+    let subject = format!("test.{}.password", unique());
+    let mut subscription = client.subscribe(subject.clone()).await.unwrap();
+    client.publish(subject, "hello".into()).await.unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+        .await
+        .expect("the message crossed the tls connection")
+        .unwrap();
+
+    // Assert
+    assert_eq!(&message.payload[..], b"hello");
+    assert!(readiness.is_ready());
+}
+
+#[tokio::test]
+async fn a_refused_nkey_keeps_the_client_retrying_not_ready_and_logged_once() {
+    // Arrange: the server knows `known`, the client signs with `stranger`.
+    logs();
+    let pki = TestPki::generate();
+    let known = NkeyUser::new(pki.dir());
+    let stranger = NkeyUser::new(pki.dir());
+    let server = secured_server(&pki, &known).await;
+    let readiness = Readiness::new(&[nats::READINESS_CHECK]);
+    let watch = ConnectionWatch::with_readiness(readiness.clone());
+    let auth = NatsAuth {
+        nkey_file: Some(stranger.seed_file.clone()),
+        ..Default::default()
+    };
+    let options = options(&server.tls_url());
+
+    // Act: connect returns at once and keeps trying in the background.
+    let client = nats::connect_with(&options, &auth, &mutual_tls(&pki), watch.clone())
+        .await
+        .expect("refused credentials are not a start-up error");
+    let problem = problem_of(&watch).await;
+    // Several attempts, with backoff (0, 2, 4, … ms, then up to 4 s apart).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Assert
+    assert!(problem.contains("authorization violation"), "{problem}");
+    assert!(problem.contains(&server.tls_url()), "{problem}");
+    assert!(!readiness.is_ready());
+    assert_eq!(
+        readiness.reason(nats::READINESS_CHECK).as_deref(),
+        Some(problem.as_str()),
+        "/readyz says why"
+    );
+    assert_ne!(
+        client.connection_state(),
+        async_nats::connection::State::Connected
+    );
+    let ours = log_lines_with(&options.name);
+    let cannot_connect: Vec<_> = ours
+        .iter()
+        .filter(|line| line.contains("nats cannot connect"))
+        .collect();
+    assert_eq!(
+        cannot_connect.len(),
+        1,
+        "one line per state change: {ours:#?}"
+    );
+    assert!(cannot_connect[0].contains(&server.tls_url()), "{ours:#?}");
+    assert!(
+        cannot_connect[0].contains("authorization violation"),
+        "{ours:#?}"
+    );
+    // The client did retry: async-nats logs each refusal itself.
+    assert!(
+        log_lines_with("authorization violation").len() > 2,
+        "the client retried"
+    );
+    // No secret anywhere in what was logged or reported.
+    let everything = String::from_utf8_lossy(&logs().lock().unwrap()).into_owned();
+    for secret in [&stranger.seed, &known.seed] {
+        assert!(!everything.contains(secret.as_str()));
+        assert!(!problem.contains(secret.as_str()));
+    }
+}
+
+#[tokio::test]
+async fn a_ca_that_did_not_sign_the_server_fails_the_handshake_cleanly() {
+    // Arrange
+    let pki = TestPki::generate();
+    let user = NkeyUser::new(pki.dir());
+    let server = secured_server(&pki, &user).await;
+    let readiness = Readiness::new(&[nats::READINESS_CHECK]);
+    let watch = ConnectionWatch::with_readiness(readiness.clone());
+    let tls = TlsFiles {
+        ca: Some(pki.other_ca()),
+        ..mutual_tls(&pki)
+    };
+    let auth = NatsAuth {
+        nkey_file: Some(user.seed_file.clone()),
+        ..Default::default()
+    };
+
+    // Act
+    let _client = nats::connect_with(&options(&server.tls_url()), &auth, &tls, watch.clone())
+        .await
+        .unwrap();
+    let problem = problem_of(&watch).await;
+
+    // Assert
+    assert!(
+        problem.contains("invalid peer certificate: UnknownIssuer"),
+        "{problem}"
+    );
+    assert!(problem.contains(&server.tls_url()), "{problem}");
+    assert!(!readiness.is_ready());
+}
+
+#[tokio::test]
+async fn a_client_without_tls_settings_is_not_let_in() {
+    // Arrange
+    let pki = TestPki::generate();
+    let user = NkeyUser::new(pki.dir());
+    let server = secured_server(&pki, &user).await;
+    let readiness = Readiness::new(&[nats::READINESS_CHECK]);
+    let watch = ConnectionWatch::with_readiness(readiness.clone());
+    let url = format!("nats://app:s3cret-pw@127.0.0.1:{}", server.port);
+
+    // Act: no CA and no client certificate; the server demands TLS.
+    let _client = nats::connect_with(
+        &options(&url),
+        &NatsAuth::default(),
+        &TlsFiles::default(),
+        watch.clone(),
+    )
+    .await
+    .unwrap();
+    let problem = problem_of(&watch).await;
+
+    // Assert
+    assert!(
+        problem.contains("cannot connect to nats://127.0.0.1"),
+        "{problem}"
+    );
+    assert!(!problem.contains("s3cret-pw"), "{problem}");
+    assert!(!readiness.is_ready());
+}
+
+#[tokio::test]
+async fn plaintext_protocol_to_the_tls_port_is_refused() {
+    // Arrange
+    let pki = TestPki::generate();
+    let user = NkeyUser::new(pki.dir());
+    let server = secured_server(&pki, &user).await;
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+        .await
+        .unwrap();
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+
+    // Act: speak plain NATS protocol.
+    let info = lines.next_line().await.unwrap().unwrap();
+    write
+        .write_all(b"CONNECT {\"user\":\"app\",\"pass\":\"s3cret-pw\"}\r\nPING\r\n")
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut reply = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            reply.push(line);
+        }
+        reply
+    })
+    .await
+    .expect("the server closes the plaintext connection");
+
+    // Assert
+    assert!(info.contains("\"tls_required\":true"), "{info}");
+    assert!(
+        !reply.iter().any(|line| line.starts_with("PONG")),
+        "plaintext must not be served: {reply:?}"
+    );
+}
+
+#[tokio::test]
+async fn unusable_credential_files_are_start_up_errors_naming_the_file() {
+    // Arrange
+    let pki = TestPki::generate();
+    let not_a_seed = pki.dir().join("wrong.nk");
+    std::fs::write(&not_a_seed, "SUnot-a-real-seed-value\n").unwrap();
+    let options = options("nats://127.0.0.1:1");
+
+    // Act
+    let bad_seed = nats::connect_with(
+        &options,
+        &NatsAuth {
+            nkey_file: Some(not_a_seed.clone()),
+            ..Default::default()
+        },
+        &TlsFiles::default(),
+        ConnectionWatch::default(),
+    )
+    .await
+    .unwrap_err();
+    let missing_creds = nats::connect_with(
+        &options,
+        &NatsAuth {
+            creds_file: Some(pki.dir().join("absent.creds")),
+            ..Default::default()
+        },
+        &TlsFiles::default(),
+        ConnectionWatch::default(),
+    )
+    .await
+    .unwrap_err();
+    let bad_ca = nats::connect_with(
+        &options,
+        &NatsAuth::default(),
+        &TlsFiles {
+            ca: Some(not_a_seed.clone()),
+            ..Default::default()
+        },
+        ConnectionWatch::default(),
+    )
+    .await
+    .unwrap_err();
+    let two_ways = nats::connect_with(
+        &self::options("nats://app:pw@127.0.0.1:1"),
+        &NatsAuth {
+            nkey_file: Some(not_a_seed.clone()),
+            ..Default::default()
+        },
+        &TlsFiles::default(),
+        ConnectionWatch::default(),
+    )
+    .await
+    .unwrap_err();
+
+    // Assert
+    let text = bad_seed.to_string();
+    assert!(text.contains(&not_a_seed.display().to_string()), "{text}");
+    assert!(!text.contains("SUnot-a-real"), "{text}");
+    assert!(matches!(
+        missing_creds,
+        NatsConnectError::Credentials { .. }
+    ));
+    assert!(missing_creds.to_string().contains("absent.creds"));
+    assert!(
+        bad_ca.to_string().contains("holds no PEM certificate"),
+        "{bad_ca}"
+    );
+    assert!(matches!(two_ways, NatsConnectError::Conflicting(_)));
+}
