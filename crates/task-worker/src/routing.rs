@@ -28,7 +28,9 @@ pub enum RouteError {
 }
 
 /// Failed deliveries so far, from the `x-attempts` header (0 when absent or
-/// not a number, as on a fresh task from a plain client).
+/// not a number, as on a fresh task from a plain client). A count beyond any
+/// real one (a stranger's header) stops one short of `u32::MAX`, so the next
+/// attempt's number (`attempts + 1`) still fits.
 pub fn attempts(properties: &BasicProperties) -> u32 {
     let Some(value) = properties
         .headers()
@@ -51,7 +53,7 @@ pub fn attempts(properties: &BasicProperties) -> u32 {
             .unwrap_or(0),
         _ => 0,
     };
-    u32::try_from(attempts.max(0)).unwrap_or(u32::MAX)
+    u32::try_from(attempts.clamp(0, i128::from(u32::MAX - 1))).unwrap_or(u32::MAX - 1)
 }
 
 /// The content type of a delivery: the AMQP property, else a `Content-Type`
@@ -171,6 +173,19 @@ mod tests {
         let mut table = FieldTable::default();
         table.insert(name.into(), value);
         BasicProperties::default().with_headers(table)
+    }
+
+    #[test]
+    fn an_absurd_attempt_count_leaves_room_for_the_next_attempt() {
+        for value in [
+            AMQPValue::LongUInt(u32::MAX),
+            AMQPValue::LongLongInt(i64::MAX),
+            AMQPValue::LongString("99999999999".into()),
+        ] {
+            let read = attempts(&with_header(headers::ATTEMPTS, value));
+            assert_eq!(read, u32::MAX - 1);
+            assert!(read.checked_add(1).is_some());
+        }
     }
 
     #[test]
