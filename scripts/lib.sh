@@ -11,7 +11,8 @@
 # ensure_postgres, ensure_redis; each starts a stopped one and never
 # restarts or reconfigures one that runs.
 # Tools: ensure_prometheus (Debian's prometheus and promtool, installed when
-# missing, its service not started).
+# missing, its service not started); ensure_schemathesis (PyPI, pinned, in a
+# virtualenv outside the clone; exports SCHEMATHESIS_BIN).
 
 # The name messages are prefixed with: the sourcing script's, without .sh.
 SCRIPT_NAME="${SCRIPT_NAME:-$(basename "$0" .sh)}"
@@ -148,4 +149,30 @@ ensure_prometheus() {
     if ! have prometheus || ! have promtool; then
         die "prometheus and promtool are needed: apt-get install prometheus (Debian's package)"
     fi
+}
+
+# The schemathesis release crates/user-service/tests/api/openapi.rs is written
+# for (its CLI flags changed in 4.0); that test checks the version it runs.
+SCHEMATHESIS_VERSION="4.32.5"
+
+# ensure_schemathesis: schemathesis (PyPI) in a virtualenv of its own, made on
+# first use (~/.cache/switchyard/schemathesis unless SWITCHYARD_SCHEMATHESIS_DIR
+# says otherwise; kept apart from check-deploy.sh's tools, whose jsonschema
+# pins could clash), and SCHEMATHESIS_BIN exported for the user-service test
+# that runs it against the JSON API. Dies when it cannot be installed.
+ensure_schemathesis() {
+    local dir="${SWITCHYARD_SCHEMATHESIS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/switchyard/schemathesis}"
+    local pin="schemathesis==$SCHEMATHESIS_VERSION"
+    have python3 || die "python3 is needed for $pin (apt-get install python3 python3-venv)"
+    if [[ ! -x "$dir/bin/pip" ]]; then
+        say "creating the virtualenv $dir"
+        python3 -m venv "$dir" || die "cannot create a virtualenv (apt-get install python3-venv)"
+    fi
+    if [[ "$(cat "$dir/installed" 2>/dev/null)" != "$pin" || ! -x "$dir/bin/st" ]]; then
+        say "installing $pin into $dir"
+        "$dir/bin/pip" install --quiet --disable-pip-version-check "$pin" ||
+            die "could not install $pin from PyPI"
+        echo "$pin" >"$dir/installed"
+    fi
+    export SCHEMATHESIS_BIN="$dir/bin/st"
 }

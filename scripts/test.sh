@@ -6,7 +6,8 @@
 #   scripts/test.sh            everything
 #   scripts/test.sh --cluster  only the broker-cluster tests: every #[ignore]d
 #                              test with `cluster` in its path (private
-#                              3-node clusters, ~1 min each once built)
+#                              3-node clusters, ~1 min each once built;
+#                              .ci/run runs them after the rest)
 #   CARGO_TARGET_DIR=/cache/x scripts/test.sh   reuse a build cache outside the clone
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +16,11 @@ cd "$(dirname "$0")/.."
 
 if [ "${1:-}" = "--cluster" ]; then
   have cargo || die "cargo is not installed: see https://rustup.rs"
+  # The clusters are private; the chaos run's workers share Redis.
+  ensure_redis
   say "cargo test (broker clusters)"
+  # The chaos checker runs the services' binaries.
+  cargo build --workspace --bins --locked
   cargo test --workspace --locked --no-fail-fast -- --ignored cluster
   say "all green"
   exit 0
@@ -27,6 +32,8 @@ ensure_nats
 ensure_rabbitmq
 ensure_redis
 ensure_postgres
+# schemathesis for the JSON API's contract test (SCHEMATHESIS_BIN).
+ensure_schemathesis
 
 have cargo || die "cargo is not installed: see https://rustup.rs"
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt

@@ -13,6 +13,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use common::{
+    codec::Codec,
     config::{ConfigSource, Validate},
     nats::{ConnectionWatch, NatsOptions},
     ops::{OpsServer, Readiness},
@@ -20,7 +21,7 @@ use common::{
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use workqueue::publisher::{PublisherConfig, TaskPublisher};
+use workqueue::publisher::TaskPublisher;
 
 use crate::{
     config::{Config, ENV_KEYS},
@@ -67,6 +68,10 @@ impl Application {
         let readiness = Readiness::new(&[common::nats::READINESS_CHECK, RABBITMQ_CHECK]);
         let (group_view, routes) = partitions_route();
         let ops = OpsServer::start(config.ops_addr, readiness.clone(), &config, routes).await?;
+        config
+            .publisher()
+            .refuse_mismatched_queue("alert-subscriber")
+            .await?;
         let client = common::nats::connect_with(
             &NatsOptions {
                 url: config.nats_url.clone(),
@@ -140,18 +145,7 @@ impl Application {
         // Its own signal: the task publisher must keep its connection (and
         // reconnect) while queued alerts drain after the service's signal.
         let publisher_stop = Shutdown::new();
-        let publisher = TaskPublisher::start(
-            PublisherConfig {
-                amqp_url: config.amqp_url.clone(),
-                amqp_tls: config.amqp_tls.clone(),
-                queue: config.task_queue.clone(),
-                content_type: config.task_content_type,
-                max_unconfirmed: 256,
-                publish_timeout: config.publish_timeout,
-                queue_type: config.queue_type,
-            },
-            publisher_stop.clone(),
-        );
+        let publisher = TaskPublisher::start(config.publisher(), publisher_stop.clone());
         tokio::spawn(follow_connection(
             publisher.connected(),
             readiness.clone(),
@@ -178,6 +172,7 @@ impl Application {
             },
             counts.clone(),
             format!("{}.>", config.subject_prefix),
+            Codec::new(config.max_message_bytes),
         );
         tracing::info!(mode = ?config.mode, subject_prefix = config.subject_prefix, queue_group = config.queue_group, "evaluating readings");
 

@@ -9,12 +9,13 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use common::{
-    codec::ContentType,
+    codec::{ContentType, DEFAULT_MAX_PAYLOAD, validate_max_message_bytes},
     config::{ConfigError, SecretUrl, Validate},
     nats::{DeliveryMode, NatsAuth},
     tls::TlsFiles,
 };
 use serde::{Deserialize, Serialize};
+use workqueue::publisher::PublisherConfig;
 
 use crate::rules::{self, Rules};
 
@@ -119,6 +120,27 @@ pub struct Config {
     /// `classic` (default) or `quorum`: the type `task_queue` is declared
     /// with; must match the task-workers' (docs/ARCHITECTURE.md).
     pub queue_type: workqueue::topology::QueueType,
+    /// Largest message in bytes: a bigger reading is rejected unread
+    /// (`messages_rejected_total{reason="too_large"}`), a bigger alert or
+    /// task is not sent.
+    pub max_message_bytes: usize,
+}
+
+impl Config {
+    /// The settings of the task publisher that hands alerts to the work
+    /// queue.
+    pub fn publisher(&self) -> PublisherConfig {
+        PublisherConfig {
+            amqp_url: self.amqp_url.clone(),
+            amqp_tls: self.amqp_tls.clone(),
+            queue: self.task_queue.clone(),
+            content_type: self.task_content_type,
+            max_unconfirmed: 256,
+            publish_timeout: self.publish_timeout,
+            queue_type: self.queue_type,
+            max_message_bytes: self.max_message_bytes,
+        }
+    }
 }
 
 impl Default for Config {
@@ -155,6 +177,7 @@ impl Default for Config {
             amqp_tls: TlsFiles::default(),
             stream_replicas: 1,
             queue_type: workqueue::topology::QueueType::Classic,
+            max_message_bytes: DEFAULT_MAX_PAYLOAD,
         }
     }
 }
@@ -261,6 +284,7 @@ impl Validate for Config {
                 "must be 1 to 5 (servers keeping a copy of the stream)",
             ));
         }
+        validate_max_message_bytes(self.max_message_bytes)?;
         rules::validate_rules(&self.rules)
     }
 }
@@ -342,6 +366,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("stream_replicas"), "{error}");
+    }
+
+    #[test]
+    fn max_message_bytes_comes_from_the_environment_within_its_bounds() {
+        assert_eq!(Config::default().max_message_bytes, 1024 * 1024);
+        let config: Config = source(None, &[("SWITCHYARD__MAX_MESSAGE_BYTES", "4096")])
+            .load()
+            .unwrap();
+        assert_eq!(config.max_message_bytes, 4096);
+        let error = source(None, &[("SWITCHYARD__MAX_MESSAGE_BYTES", "100")])
+            .load::<Config>()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("max_message_bytes"), "{error}");
     }
 
     #[test]

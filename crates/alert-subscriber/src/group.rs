@@ -219,13 +219,16 @@ impl std::fmt::Debug for Group {
 }
 
 impl Group {
-    /// Joins: opens (or creates) the leases bucket.
+    /// Joins: opens the leases bucket (the caller created it, see
+    /// `intake::run_partitioned`).
     pub async fn join(
         js: &jetstream::Context,
         settings: GroupSettings,
         view: watch::Sender<GroupView>,
     ) -> Result<Self, async_nats::Error> {
-        let leases = common::nats::ensure_key_value(js, settings.leases_bucket()).await?;
+        // Created by the caller (with a setup timeout); opened here on
+        // `js`, whose short timeout bounds every renewal.
+        let leases = js.get_key_value(settings.leases_bucket().bucket).await?;
         let lanes = Lane::all(settings.partitions);
         Ok(Group {
             settings,

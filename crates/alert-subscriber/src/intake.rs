@@ -154,6 +154,9 @@ async fn run_core(
     }
 }
 
+/// How long one request setting up the stream and the buckets may take.
+const SETUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// The group member: sets the stream and buckets up (retrying until NATS
 /// answers), then takes part in the group until the signal.
 async fn run_partitioned(
@@ -170,7 +173,7 @@ async fn run_partitioned(
     // cluster: alerts flowed again ~40 s after a node loss, not ~15 s).
     let js = jetstream::ContextBuilder::new()
         .timeout((config.lease_ttl / 2).max(std::time::Duration::from_secs(1)))
-        .build(client);
+        .build(client.clone());
     let settings = GroupSettings {
         group: config.group.clone(),
         member_id: config
@@ -182,16 +185,27 @@ async fn run_partitioned(
         heartbeat: config.heartbeat,
         replicas: config.stream_replicas,
     };
+    // Setting up is given longer: creating a replicated stream or bucket
+    // on a busy cluster takes seconds, and a creation abandoned half-way
+    // by a short timeout only starts the next attempt further behind
+    // (measured: two members starting together on a loaded 3-node cluster
+    // kept timing out for 10 s and more).
+    let setup = jetstream::ContextBuilder::new()
+        .timeout(SETUP_TIMEOUT)
+        .build(client.clone());
     let stop = shutdown.token();
     let joined = until_connected("alert group", &config.group, &stop, || async {
         common::nats::ensure_replicated_sensor_stream(
-            &js,
+            &setup,
             &config.stream,
             &config.subject_prefix,
             config.stream_replicas,
         )
         .await?;
-        let state = common::nats::ensure_key_value(&js, settings.state_bucket()).await?;
+        let state_bucket = settings.state_bucket();
+        common::nats::ensure_key_value(&setup, state_bucket.clone()).await?;
+        common::nats::ensure_key_value(&setup, settings.leases_bucket()).await?;
+        let state = js.get_key_value(state_bucket.bucket).await?;
         let group = Group::join(&js, settings.clone(), view.clone()).await?;
         Ok::<_, async_nats::Error>((state, group))
     })

@@ -83,7 +83,8 @@ pub struct ReadingProcessor {
 }
 
 impl ReadingProcessor {
-    /// A processor using the rules currently in `rules`.
+    /// A processor using the rules currently in `rules`; `codec` carries
+    /// the message size limit for readings in and alerts out.
     pub fn new(
         rules: watch::Receiver<Rules>,
         client: async_nats::Client,
@@ -91,9 +92,10 @@ impl ReadingProcessor {
         output: AlertOutput,
         counts: Arc<AlertCounts>,
         received_subject: String,
+        codec: Codec,
     ) -> Self {
         ReadingProcessor {
-            codec: Codec::default(),
+            codec,
             engine: AlertEngine::default(),
             rules,
             client,
@@ -109,7 +111,7 @@ impl ReadingProcessor {
     /// counts.
     pub fn with_engine(&self, engine: AlertEngine) -> Self {
         ReadingProcessor {
-            codec: Codec::default(),
+            codec: self.codec,
             engine,
             rules: self.rules.clone(),
             client: self.client.clone(),

@@ -25,6 +25,11 @@
 //!   slower); the medians are reported.
 //!
 //! Every stream and subject is the run's own; the stream is deleted after.
+//!
+//! `--cluster` runs the same figures (named `pubsub.cluster*`) on a private
+//! 3-node NATS cluster (testkit's [`NatsCluster`]): publishers on node 0,
+//! subscribers on node 1 (every reading crosses a route), the JetStream
+//! stream with 3 replicas; ours and raw alike.
 
 use std::{
     sync::{
@@ -47,6 +52,7 @@ use common::{
     shutdown::Shutdown,
 };
 use futures::StreamExt;
+use testkit::NatsCluster;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -82,6 +88,23 @@ pub(crate) struct Args {
     /// PubAcks awaited at once in JetStream mode (ours and the raw client's).
     #[arg(long, default_value_t = 256)]
     ack_window: usize,
+    /// Start a private 3-node NATS cluster and measure on it instead of
+    /// `--nats-url`.
+    #[arg(long)]
+    cluster: bool,
+    /// Where subscribers connect (`--cluster`: another node than the
+    /// publishers'); `--nats-url` otherwise.
+    #[arg(skip)]
+    subscriber_url: Option<String>,
+    /// Replicas of the JetStream stream (`--cluster`: 3).
+    #[arg(skip = 1usize)]
+    replicas: usize,
+}
+
+impl Args {
+    fn subscriber_url(&self) -> &str {
+        self.subscriber_url.as_deref().unwrap_or(&self.nats_url)
+    }
 }
 
 /// One core run of ours.
@@ -95,7 +118,19 @@ struct CoreRun {
     paced_at: Option<f64>,
 }
 
-pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+pub(crate) async fn run(mut args: Args) -> anyhow::Result<()> {
+    // Kept until the end of the run: dropping it kills the nodes.
+    let mut _cluster = None;
+    let mut name = "pubsub";
+    if args.cluster {
+        println!("starting a private 3-node NATS cluster");
+        let cluster = NatsCluster::start(3).await;
+        args.nats_url = cluster.node_url(0);
+        args.subscriber_url = Some(cluster.node_url(1));
+        args.replicas = 3;
+        name = "pubsub.cluster";
+        _cluster = Some(cluster);
+    }
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
     let sample = sample_message();
     println!(
@@ -169,11 +204,17 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
 
     println!(
         "{}",
-        Figure::new("pubsub", best_clean.round(), "msg/s", raw_rate.round()).result_line()
+        Figure::new(name, best_clean.round(), "msg/s", raw_rate.round()).result_line()
     );
     println!(
         "{}",
-        Figure::new("pubsub.jetstream", js_ours.round(), "msg/s", js_raw.round()).result_line()
+        Figure::new(
+            format!("{name}.jetstream"),
+            js_ours.round(),
+            "msg/s",
+            js_raw.round()
+        )
+        .result_line()
     );
     Ok(())
 }
@@ -314,7 +355,7 @@ async fn raw_core(args: &Args, run_id: &str, sample: &Sample) -> anyhow::Result<
     let stop = CancellationToken::new();
     let (subscribed, mut counting) = {
         let (url, subject, counter, stop) = (
-            args.nats_url.clone(),
+            args.subscriber_url().to_string(),
             subject.clone(),
             received.clone(),
             stop.clone(),
@@ -383,7 +424,7 @@ async fn raw_core(args: &Args, run_id: &str, sample: &Sample) -> anyhow::Result<
 /// runtime of its own (as in a process of its own).
 async fn ours_core(args: &Args, prefix: &str, pace: Option<f64>) -> anyhow::Result<CoreRun> {
     let config = monitor_subscriber::Config {
-        nats_url: SecretUrl::new(&args.nats_url),
+        nats_url: SecretUrl::new(args.subscriber_url()),
         ops_addr: "127.0.0.1:0".parse()?,
         subject_prefix: prefix.to_string(),
         stats_subject: format!("{prefix}.stats"),
@@ -499,7 +540,7 @@ async fn jetstream(
     let prefix = format!("bench.{run_id}.js.sensor.data");
     let client = async_nats::connect(&args.nats_url).await?;
     let js = async_nats::jetstream::new(client.clone());
-    common::nats::ensure_sensor_stream(&js, &stream, &prefix)
+    common::nats::ensure_replicated_sensor_stream(&js, &stream, &prefix, args.replicas)
         .await
         .context("cannot create the bench stream")?;
     let result = async {
@@ -529,6 +570,7 @@ async fn jetstream_ours(args: &Args, stream: &str, prefix: &str) -> anyhow::Resu
         ops_addr: "127.0.0.1:0".parse()?,
         subject_prefix: prefix.to_string(),
         stream: stream.to_string(),
+        stream_replicas: args.replicas,
         mode: DeliveryMode::Jetstream,
         ack_window: args.ack_window,
         rate_per_sec: 0.0,

@@ -16,6 +16,12 @@
 //!
 //! Each figure is the median of `--rounds` rounds, raw and ours alternating.
 //! Every queue is created fresh with a unique name and deleted afterwards.
+//!
+//! `--cluster` runs the same figures (named `workqueue.cluster.*`) on a
+//! private 3-node RabbitMQ cluster with quorum queues (testkit's
+//! [`RabbitCluster`], root needed as for the cluster tests): ours gets every
+//! node's address, raw lapin the first node's, and both declare the same
+//! quorum queues, so the ratio is again ours against raw on the same broker.
 
 use std::{
     sync::Arc,
@@ -44,11 +50,12 @@ use task_worker::{
     events::{TaskEvent, TaskOutcome},
     handler::{HandlerError, TaskHandler},
 };
+use testkit::RabbitCluster;
 use tokio::sync::broadcast;
 use workqueue::{
     publisher::{PublisherConfig, TaskPublisher},
     task::Task,
-    topology::Topology,
+    topology::{QueueType, Topology},
 };
 
 /// Options of the workqueue scenario.
@@ -76,9 +83,27 @@ pub(crate) struct Args {
     /// Tasks in the fairness run.
     #[arg(long, default_value_t = 110)]
     fairness_tasks: usize,
+    /// `classic` or `quorum` queues (ours and raw alike).
+    #[arg(long, default_value = "classic")]
+    queue_type: QueueType,
+    /// Start a private 3-node RabbitMQ cluster and measure on it with quorum
+    /// queues instead of `--amqp-url`.
+    #[arg(long)]
+    cluster: bool,
 }
 
-pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
+pub(crate) async fn run(mut args: Args) -> anyhow::Result<()> {
+    // Kept until the end of the run: dropping it kills the nodes.
+    let mut _cluster = None;
+    let mut name = "workqueue".to_string();
+    if args.cluster {
+        eprintln!("starting a private 3-node RabbitMQ cluster");
+        let cluster = RabbitCluster::start(3).await;
+        args.amqp_url = cluster.urls();
+        args.queue_type = QueueType::Quorum;
+        name = "workqueue.cluster".into();
+        _cluster = Some(cluster);
+    }
     let body = Codec::default().encode(&sleep_task(), ContentType::Protobuf)?;
     let mut figures = Vec::new();
 
@@ -90,7 +115,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         ours.push(spawned(our_publish(args.clone())).await?);
     }
     figures.push(Figure::new(
-        "workqueue.publish",
+        format!("{name}.publish"),
         median(ours),
         "msg/s",
         median(raw),
@@ -103,7 +128,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             ours.push(our_consume(&args, prefetch).await?);
         }
         figures.push(Figure::new(
-            format!("workqueue.consume.prefetch{prefetch}"),
+            format!("{name}.consume.prefetch{prefetch}"),
             median(ours),
             "msg/s",
             median(raw),
@@ -131,7 +156,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
          slow share {share:.3}, ideal 1/11 = 0.091, round-robin 1/3"
     );
     figures.push(Figure::new(
-        "workqueue.fairness",
+        format!("{name}.fairness"),
         share,
         "share",
         1.0 / 11.0,
@@ -156,12 +181,16 @@ fn sleep_task() -> Task {
     Task::new(uuid::Uuid::new_v4().to_string(), "sleep", payload)
 }
 
-fn unique_queue(what: &str) -> String {
-    format!("bench.workqueue.{what}.{}", uuid::Uuid::new_v4().simple())
+/// A fresh topology of the run's queue type, named after `what`.
+fn topology(args: &Args, what: &str) -> Topology {
+    let name = format!("bench.workqueue.{what}.{}", uuid::Uuid::new_v4().simple());
+    Topology::new(name).with_queue_type(args.queue_type)
 }
 
+/// Raw lapin on the first address of `url` (one node, or a list).
 async fn connect(url: &str) -> anyhow::Result<Connection> {
-    Connection::connect(url, ConnectionProperties::default())
+    let first = url.split(',').next().unwrap_or(url);
+    Connection::connect(first, ConnectionProperties::default())
         .await
         .with_context(|| format!("cannot connect to {}", SecretUrl::new(url)))
 }
@@ -219,7 +248,7 @@ async fn raw_publish_n(
 }
 
 async fn raw_publish(args: Args, body: Vec<u8>) -> anyhow::Result<f64> {
-    let topology = Topology::new(unique_queue("raw-publish")).with_retry_delays([]);
+    let topology = topology(&args, "raw-publish").with_retry_delays([]);
     let connection = connect(&args.amqp_url).await?;
     let channel = connection.create_channel().await?;
     topology.declare_work_queue(&channel).await?;
@@ -242,12 +271,13 @@ async fn raw_publish(args: Args, body: Vec<u8>) -> anyhow::Result<f64> {
 }
 
 async fn our_publish(args: Args) -> anyhow::Result<f64> {
-    let topology = Topology::new(unique_queue("publish")).with_retry_delays([]);
+    let topology = topology(&args, "publish").with_retry_delays([]);
     let shutdown = Shutdown::new();
     let publisher = TaskPublisher::start(
         PublisherConfig {
             amqp_url: SecretUrl::new(args.amqp_url.clone()),
             queue: topology.task_queue().to_string(),
+            queue_type: args.queue_type,
             content_type: ContentType::Protobuf,
             max_unconfirmed: args.window,
             publish_timeout: Duration::from_secs(30),
@@ -317,7 +347,7 @@ async fn fill(url: &str, topology: &Topology, count: usize, window: usize) -> an
 }
 
 async fn raw_consume(args: Args, prefetch: u16) -> anyhow::Result<f64> {
-    let topology = Topology::new(unique_queue("raw-consume")).with_retry_delays([]);
+    let topology = topology(&args, "raw-consume").with_retry_delays([]);
     fill(
         &args.amqp_url,
         &topology,
@@ -364,6 +394,7 @@ fn worker_config(args: &Args, topology: &Topology, prefetch: u16) -> WorkerConfi
         amqp_url: SecretUrl::new(args.amqp_url.clone()),
         queue: topology.task_queue().to_string(),
         data_sync_queue: format!("{}.data_sync", topology.task_queue()),
+        queue_type: args.queue_type,
         prefetch,
         concurrency: 1,
         ops_addr: "127.0.0.1:0".parse().expect("a socket address"),
@@ -433,7 +464,7 @@ async fn time_done(
 }
 
 async fn our_consume(args: &Args, prefetch: u16) -> anyhow::Result<f64> {
-    let topology = Topology::new(unique_queue("consume"));
+    let topology = topology(args, "consume");
     let config = worker_config(args, &topology, prefetch);
     let topology = config.topology();
     fill(
@@ -469,7 +500,7 @@ impl TaskHandler for SlowSleep {
 }
 
 async fn fairness(args: &Args) -> anyhow::Result<(f64, [usize; 3])> {
-    let topology = Topology::new(unique_queue("fairness"));
+    let topology = topology(args, "fairness");
     let config = worker_config(args, &topology, 1);
     let shutdown = Shutdown::new();
     let mut receivers = Vec::new();
@@ -488,6 +519,7 @@ async fn fairness(args: &Args) -> anyhow::Result<(f64, [usize; 3])> {
         PublisherConfig {
             amqp_url: SecretUrl::new(args.amqp_url.clone()),
             queue: config.queue.clone(),
+            queue_type: args.queue_type,
             ..PublisherConfig::default()
         },
         shutdown.clone(),

@@ -11,10 +11,16 @@
 //! in order would alert against what was observed on `sensor.alert.>` and in
 //! the workers' notifications, by alert id.
 //!
+//! With `cluster`, NATS and RabbitMQ are private 3-node clusters and the
+//! schedule also kills the node leading the readings stream and the node
+//! leading the work queue, and starts each again ([`brokers`]).
+//!
 //! - [`system`]: the processes and the schedule.
+//! - [`brokers`]: one private server, or clusters that lose nodes.
 //! - [`observe`]: alerts seen on NATS, notifications from the workers' logs.
 //! - [`reconcile`]: expected against observed; the report and its `RESULT`.
 
+pub mod brokers;
 pub mod observe;
 pub mod reconcile;
 pub mod system;
@@ -43,6 +49,9 @@ pub struct Options {
     pub redis_url: String,
     /// Another alert-subscriber build to run (default: the one beside).
     pub alert_subscriber: Option<std::path::PathBuf>,
+    /// Private 3-node NATS and RabbitMQ clusters instead, with node losses
+    /// in the schedule.
+    pub cluster: bool,
 }
 
 impl Default for Options {
@@ -57,6 +66,7 @@ impl Default for Options {
             redis_url: std::env::var("REDIS_URL")
                 .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
             alert_subscriber: None,
+            cluster: false,
         }
     }
 }
@@ -64,7 +74,7 @@ impl Default for Options {
 /// Runs the system through the schedule and reconciles.
 pub async fn run(options: &Options) -> anyhow::Result<Report> {
     system::built()?;
-    let system = system::System::start(options).await?;
+    let mut system = system::System::start(options).await?;
     let outcome = system.run_schedule(options).await;
     system.stop().await;
     let (expected, observed) = outcome?;

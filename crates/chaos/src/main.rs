@@ -1,4 +1,4 @@
-//! `chaos [--schedule one|three|churn] [--sensors N] [--rate R] [--duration 30s]`:
+//! `chaos [--schedule one|three|churn] [--sensors N] [--rate R] [--duration 30s] [--cluster]`:
 //! runs the checker and prints its table and `RESULT` line; exits 1 when
 //! anything was lost, duplicated or unexpected. Run from a release build
 //! beside the other binaries: `cargo build --release --bins && target/release/chaos`.
@@ -31,6 +31,10 @@ struct Cli {
     /// Another alert-subscriber build to run, e.g. an older release.
     #[arg(long)]
     alert_subscriber: Option<std::path::PathBuf>,
+    /// Private 3-node NATS and RabbitMQ clusters, with the node leading the
+    /// readings stream and the node leading the work queue killed mid-run.
+    #[arg(long)]
+    cluster: bool,
 }
 
 #[tokio::main]
@@ -43,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
         duration: cli.duration,
         mode: cli.mode,
         alert_subscriber: cli.alert_subscriber,
+        cluster: cli.cluster,
         ..Options::default()
     };
     let report = chaos::run(&options).await?;

@@ -46,7 +46,7 @@ pub struct Expected {
 /// Reads the readings stream `SENSORS` of the server at `nats_url` from the
 /// start and evaluates it in order.
 pub async fn expected(nats_url: &str) -> anyhow::Result<Expected> {
-    let client = async_nats::connect(nats_url).await?;
+    let client = crate::brokers::connect_nats(nats_url).await?;
     let js = jetstream::new(client);
     let mut stream = js.get_stream("SENSORS").await?;
     let stored = stream.info().await?.state.messages;
@@ -161,7 +161,11 @@ impl Report {
     /// Reconciles `observed` against `expected`.
     pub fn new(options: &Options, expected: &Expected, observed: &Observed) -> Self {
         let mut report = Report {
-            schedule: options.schedule.name().into(),
+            schedule: if options.cluster {
+                format!("{}+node-loss", options.schedule.name())
+            } else {
+                options.schedule.name().into()
+            },
             mode: options.mode.clone(),
             readings: expected.readings,
             expected: expected.alerts.len() as u64,

@@ -3,7 +3,9 @@
 //!
 //! NATS is a private nats-server with the deployments' partition mapping
 //! (the run kills processes, never the shared brokers); RabbitMQ is the
-//! given one, with queues of the run's own, deleted at the end.
+//! given one, with queues of the run's own, deleted at the end. With
+//! `--cluster` both are private 3-node clusters that lose nodes mid-run
+//! ([`crate::brokers`]).
 
 use std::{
     path::PathBuf,
@@ -13,12 +15,12 @@ use std::{
 use anyhow::Context as _;
 use common::proto::user::v1::CreateUserRequest;
 use e2e::process::{Service, free_port};
-use testkit::NatsServer;
 use user_client::{ClientConfig, UserClient};
 use workqueue::topology::Topology;
 
 use crate::{
     Options,
+    brokers::Brokers,
     observe::{AlertWatch, Observed, notifications},
     reconcile::{self, Expected},
 };
@@ -59,8 +61,7 @@ impl Schedule {
 pub struct System {
     id: String,
     dir: PathBuf,
-    nats: NatsServer,
-    amqp_url: String,
+    brokers: Brokers,
     task_queue: String,
     data_sync_queue: String,
     user_service: Service,
@@ -74,7 +75,8 @@ impl System {
         let id = testkit::unique();
         let dir = std::env::temp_dir().join(format!("switchyard-chaos-{id}"));
         std::fs::create_dir_all(&dir)?;
-        let nats = NatsServer::with_partitions().await;
+        let brokers = Brokers::start(options).await;
+        let amqp_url = brokers.amqp_url();
         let grpc_port = free_port()?;
         let data_sync_queue = format!("chaos_{id}_data_sync");
         let user_service = Service::spawn(
@@ -88,10 +90,13 @@ impl System {
                     "DATABASE_URL",
                     format!("sqlite://{}/users.db?mode=rwc", dir.display()),
                 ),
-                ("AMQP_URL", options.amqp_url.clone()),
+                ("AMQP_URL", amqp_url.clone()),
                 ("SWITCHYARD__DATA_SYNC_QUEUE", data_sync_queue.clone()),
                 ("RUST_LOG", "info".into()),
-            ],
+            ]
+            .into_iter()
+            .chain(brokers.settings("user-service"))
+            .collect::<Vec<_>>(),
             &dir.join("logs"),
         )?;
         let mut system = System {
@@ -99,8 +104,7 @@ impl System {
             data_sync_queue,
             id,
             dir,
-            nats,
-            amqp_url: options.amqp_url.clone(),
+            brokers,
             user_service,
             workers: Vec::new(),
             alert_program: options.alert_subscriber.clone(),
@@ -124,7 +128,7 @@ impl System {
                 &[],
                 &[
                     ("USER_SERVICE_URL", user_service_url.clone()),
-                    ("AMQP_URL", system.amqp_url.clone()),
+                    ("AMQP_URL", system.brokers.amqp_url()),
                     ("OPS_ADDR", format!("127.0.0.1:{}", free_port()?)),
                     ("SWITCHYARD__QUEUE", system.task_queue.clone()),
                     (
@@ -140,16 +144,19 @@ impl System {
                     // Gone from the shared Redis soon after the run.
                     ("SWITCHYARD__FINISHED_TTL", "10m".into()),
                     ("RUST_LOG", "info".into()),
-                ],
+                ]
+                .into_iter()
+                .chain(system.brokers.settings("task-worker"))
+                .collect::<Vec<_>>(),
                 &system.dir.join("logs"),
             )?);
         }
         Ok(system)
     }
 
-    /// The private nats-server's URL.
+    /// The private NATS server's (or cluster's) URL.
     pub fn nats_url(&self) -> String {
-        self.nats.url()
+        self.brokers.nats_url()
     }
 
     async fn create_owners(&self, url: &str) -> anyhow::Result<()> {
@@ -194,11 +201,14 @@ impl System {
             &format!("alert-subscriber-{number}"),
             &["--config", &config],
             &[
-                ("NATS_URL", self.nats.url()),
-                ("AMQP_URL", self.amqp_url.clone()),
+                ("NATS_URL", self.brokers.nats_url()),
+                ("AMQP_URL", self.brokers.amqp_url()),
                 ("OPS_ADDR", format!("127.0.0.1:{}", free_port()?)),
                 ("RUST_LOG", "info".into()),
-            ],
+            ]
+            .into_iter()
+            .chain(self.brokers.settings("alert-subscriber"))
+            .collect::<Vec<_>>(),
             &self.dir.join("logs"),
         )
     }
@@ -224,10 +234,13 @@ impl System {
             "sensor-publisher",
             &["--config", &config],
             &[
-                ("NATS_URL", self.nats.url()),
+                ("NATS_URL", self.brokers.nats_url()),
                 ("OPS_ADDR", format!("127.0.0.1:{}", free_port()?)),
                 ("RUST_LOG", "info".into()),
-            ],
+            ]
+            .into_iter()
+            .chain(self.brokers.settings("sensor-publisher"))
+            .collect::<Vec<_>>(),
             &self.dir.join("logs"),
         )
     }
@@ -235,15 +248,18 @@ impl System {
     /// Publishes for `options.duration` while instances follow the
     /// schedule, waits for the system to settle, and returns what one
     /// in-order evaluator expects and what was observed.
-    pub async fn run_schedule(&self, options: &Options) -> anyhow::Result<(Expected, Observed)> {
-        let client = async_nats::connect(self.nats.url()).await?;
+    pub async fn run_schedule(
+        &mut self,
+        options: &Options,
+    ) -> anyhow::Result<(Expected, Observed)> {
+        let client = crate::brokers::connect_nats(&self.brokers.nats_url()).await?;
         let watch = AlertWatch::start(&client).await?;
         let step = options.duration / 5;
         let mut instances = Vec::new();
         let mut started = 0;
-        let mut start = |instances: &mut Vec<Service>| -> anyhow::Result<()> {
+        let mut start = |system: &Self, instances: &mut Vec<Service>| -> anyhow::Result<()> {
             started += 1;
-            instances.push(self.alert_subscriber(started)?);
+            instances.push(system.alert_subscriber(started)?);
             eprintln!("chaos: alert-subscriber-{started} started");
             Ok(())
         };
@@ -252,21 +268,34 @@ impl System {
             Schedule::Three => 3,
         };
         for _ in 0..initial {
-            start(&mut instances)?;
+            start(self, &mut instances)?;
         }
         let mut publisher = self.publisher(options)?;
-        if options.schedule == Schedule::Churn {
+        for moment in 1..=4 {
             tokio::time::sleep(step).await;
-            start(&mut instances)?;
-            start(&mut instances)?;
-            tokio::time::sleep(step).await;
-            instances[1].kill();
-            eprintln!("chaos: alert-subscriber-2 killed (SIGKILL)");
-            tokio::time::sleep(step).await;
-            start(&mut instances)?;
-            tokio::time::sleep(step).await;
-            instances[2].stop(Duration::from_secs(30));
-            eprintln!("chaos: alert-subscriber-3 stopped (SIGTERM)");
+            if options.schedule == Schedule::Churn {
+                match moment {
+                    1 => {
+                        start(self, &mut instances)?;
+                        start(self, &mut instances)?;
+                    }
+                    2 => {
+                        instances[1].kill();
+                        eprintln!("chaos: alert-subscriber-2 killed (SIGKILL)");
+                    }
+                    3 => start(self, &mut instances)?,
+                    _ => {
+                        instances[2].stop(Duration::from_secs(30));
+                        eprintln!("chaos: alert-subscriber-3 stopped (SIGTERM)");
+                    }
+                }
+            }
+            if let Some(loss) = self.brokers.lose_a_node(moment, &self.task_queue).await {
+                eprintln!("chaos: {loss}");
+            }
+        }
+        if let Some(healed) = self.brokers.heal(&self.task_queue).await {
+            eprintln!("chaos: {healed}");
         }
         // The publisher stops by itself once it published `count` readings.
         let deadline = Instant::now() + options.duration + Duration::from_secs(60);
@@ -274,7 +303,7 @@ impl System {
             anyhow::ensure!(Instant::now() < deadline, "sensor-publisher did not finish");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let expected = reconcile::expected(&self.nats.url()).await?;
+        let expected = reconcile::expected(&self.brokers.nats_url()).await?;
         // Settle: every expected alert notified, or nothing new for a while.
         let settle_by = Instant::now() + Duration::from_secs(90);
         let mut last = (0, 0);
@@ -325,10 +354,12 @@ impl System {
             worker.stop(Duration::from_secs(30));
         }
         self.user_service.stop(Duration::from_secs(30));
-        let mut queues = Topology::new(self.task_queue.clone()).queue_names();
-        queues.push(self.data_sync_queue.clone());
-        queues.push(format!("{}.dlq", self.data_sync_queue));
-        testkit::delete_queues(&self.amqp_url, queues).await;
+        if self.brokers.shared_rabbitmq() {
+            let mut queues = Topology::new(self.task_queue.clone()).queue_names();
+            queues.push(self.data_sync_queue.clone());
+            queues.push(format!("{}.dlq", self.data_sync_queue));
+            testkit::delete_queues(&self.brokers.amqp_url(), queues).await;
+        }
         if std::env::var_os("CHAOS_KEEP_LOGS").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         } else {
@@ -341,7 +372,7 @@ impl std::fmt::Debug for System {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("System")
             .field("id", &self.id)
-            .field("nats", &self.nats.url())
+            .field("nats", &self.brokers.nats_url())
             .field("task_queue", &self.task_queue)
             .finish_non_exhaustive()
     }

@@ -8,11 +8,16 @@
 //! type, bytes that do not parse and JSON with unknown fields all come back as a
 //! typed [`CodecError`] whose [`CodecError::reason`] is a short label for the
 //! `messages_rejected_total{reason}` counter. Nothing here panics on input.
+//! The size limit is each service's `max_message_bytes` setting (1 MiB by
+//! default, checked by [`validate_max_message_bytes`]), enforced before a
+//! byte is parsed.
 
 use std::{fmt, str::FromStr};
 
 use bytes::Bytes;
 use serde::{Serialize, de::DeserializeOwned};
+
+use crate::config::ConfigError;
 
 /// Name of the header that carries the content type, on NATS and AMQP alike.
 pub const CONTENT_TYPE_HEADER: &str = "Content-Type";
@@ -20,6 +25,33 @@ pub const CONTENT_TYPE_HEADER: &str = "Content-Type";
 /// Largest payload accepted by default: 1 MiB, the default `max_payload` of a
 /// NATS server. Readings and tasks are a few hundred bytes at most.
 pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+
+/// The config key every service sets its message size limit with, on every
+/// intake it has (NATS payloads, AMQP bodies, gRPC messages, HTTP bodies)
+/// and every message it sends; default [`DEFAULT_MAX_PAYLOAD`].
+pub const MAX_MESSAGE_BYTES_KEY: &str = "max_message_bytes";
+
+/// The smallest `max_message_bytes` accepted: a reading or a task with
+/// long ids and names still fits.
+pub const MIN_MESSAGE_BYTES_LIMIT: usize = 1024;
+
+/// The largest `max_message_bytes` accepted: 64 MiB, the most nats-server
+/// allows for its own `max_payload`. Every message is held in memory whole,
+/// so a larger limit is a mistake rather than a need.
+pub const MAX_MESSAGE_BYTES_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Checks a service's `max_message_bytes` setting: from
+/// [`MIN_MESSAGE_BYTES_LIMIT`] to [`MAX_MESSAGE_BYTES_LIMIT`].
+pub fn validate_max_message_bytes(value: usize) -> Result<(), ConfigError> {
+    if (MIN_MESSAGE_BYTES_LIMIT..=MAX_MESSAGE_BYTES_LIMIT).contains(&value) {
+        return Ok(());
+    }
+    Err(ConfigError::invalid(
+        MAX_MESSAGE_BYTES_KEY,
+        value,
+        format!("must be from {MIN_MESSAGE_BYTES_LIMIT} to {MAX_MESSAGE_BYTES_LIMIT} (bytes)"),
+    ))
+}
 
 /// How a message body is encoded.
 #[derive(
@@ -217,10 +249,15 @@ impl Codec {
         payload: &[u8],
         content_type: Option<&str>,
     ) -> Result<M, CodecError> {
+        // The size first: an oversize body is refused as too large whatever
+        // its header says.
+        self.check_size(payload.len())?;
         self.decode(payload, ContentType::from_header(content_type)?)
     }
 
-    fn check_size(&self, size: usize) -> Result<(), CodecError> {
+    /// `Err(TooLarge)` when `size` bytes exceed the limit: for a consumer
+    /// that refuses a body before handing it to a decoder of its own.
+    pub fn check_size(&self, size: usize) -> Result<(), CodecError> {
         if size > self.max_payload {
             return Err(CodecError::TooLarge {
                 size,
@@ -350,6 +387,29 @@ mod tests {
             .decode::<SensorReading>(&[0u8; 17], ContentType::Protobuf)
             .unwrap_err();
         assert_eq!(err.reason(), "too_large");
+    }
+
+    #[test]
+    fn an_oversize_payload_is_too_large_whatever_its_content_type_says() {
+        let err = Codec::new(16)
+            .decode_with_header::<SensorReading>(&[b'x'; 17], Some("text/plain"))
+            .unwrap_err();
+        assert_eq!(err.reason(), "too_large");
+        assert_eq!(
+            err.to_string(),
+            "payload of 17 bytes exceeds the limit of 16 bytes"
+        );
+    }
+
+    #[test]
+    fn max_message_bytes_is_checked_within_its_bounds() {
+        for good in [1024, DEFAULT_MAX_PAYLOAD, 64 * 1024 * 1024] {
+            assert!(validate_max_message_bytes(good).is_ok(), "{good}");
+        }
+        for bad in [0, 1023, 64 * 1024 * 1024 + 1] {
+            let error = validate_max_message_bytes(bad).unwrap_err().to_string();
+            assert!(error.contains("max_message_bytes"), "{error}");
+        }
     }
 
     #[test]

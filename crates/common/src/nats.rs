@@ -472,17 +472,14 @@ pub fn decode_reading_into(
     headers: Option<&async_nats::HeaderMap>,
     reading: &mut SensorReading,
 ) -> Result<(), CodecError> {
+    // The size first: an oversize reading is refused as too large, before
+    // its header or a byte of it is read.
+    codec.check_size(payload.len())?;
     let content_type = headers
         .and_then(|headers| headers.get(CONTENT_TYPE))
         .map(|value| value.as_str());
     match ContentType::from_header(content_type)? {
         ContentType::Protobuf => {
-            if payload.len() > codec.max_payload() {
-                return Err(CodecError::TooLarge {
-                    size: payload.len(),
-                    limit: codec.max_payload(),
-                });
-            }
             // Every field back to its default, keeping the strings' capacity;
             // proto3 leaves default values out, so nothing may linger.
             reading.sensor_id.clear();
@@ -710,6 +707,9 @@ mod tests {
         let too_big = vec![0u8; 64];
         let error = decode_reading_into(&Codec::new(16), &too_big, Some(&headers), &mut reading)
             .unwrap_err();
+        assert_eq!(error.reason(), "too_large");
+        // Header-less (JSON) too: refused for its size, not parsed.
+        let error = decode_reading(&Codec::new(16), &[b'{'; 64], None).unwrap_err();
         assert_eq!(error.reason(), "too_large");
     }
 

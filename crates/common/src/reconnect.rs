@@ -7,7 +7,9 @@
 //!
 //! - a session that could not be set up (`Err`) is retried after a
 //!   [`RetryPolicy::reconnect`] delay (full jitter, 250 ms doubling to 10 s),
-//!   logged at warn with what it tried to reach and why it failed;
+//!   logged at warn with what it tried to reach (`peer`: the field is not
+//!   called `target`, which JSON logs already use for the module) and why it
+//!   failed;
 //! - a session that ran and then lost its connection ([`Session::Lost`])
 //!   resets the backoff: the next attempt comes after the first, short delay,
 //!   so a broker restart is followed at once, but a connection that drops as
@@ -67,7 +69,7 @@ impl Delays {
         let delay = self.next();
         tracing::warn!(
             what,
-            %target,
+            peer = %target,
             %error,
             delay_ms = delay.as_millis() as u64,
             "cannot connect, retrying"
@@ -117,7 +119,7 @@ pub async fn keep_connected<S, F, E>(
                 let delay = delays.next();
                 tracing::warn!(
                     what,
-                    %target,
+                    peer = %target,
                     reason,
                     delay_ms = delay.as_millis() as u64,
                     "connection lost, reconnecting"

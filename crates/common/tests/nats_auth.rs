@@ -1,12 +1,15 @@
 //! NATS with TLS and credentials, on a private nats-server of each test:
 //! TLS with a CA and client certificates made at test time (`verify: true`,
-//! mutual TLS), users authenticated by NKey or by user and password.
+//! mutual TLS), users authenticated by NKey or by user and password, and
+//! decentralised authentication (an operator trusted by the server, account
+//! and user JWTs minted at test time, the user's `.creds` file).
 //!
 //! The right credentials carry a message end to end through
-//! [`common::nats::connect_with`]; wrong ones, a CA that did not sign the
-//! server, or no TLS at all leave the client retrying, not ready, with the
-//! reason in [`ConnectionWatch::problem`] and one log line naming the
-//! server, never a credential.
+//! [`common::nats::connect_with`]; wrong ones (an unknown NKey, a user JWT
+//! of an account the server does not know, an expired one), a CA that did
+//! not sign the server, or no TLS at all leave the client retrying, not
+//! ready, with the reason in [`ConnectionWatch::problem`] and one log line
+//! naming the server, never a credential.
 
 use std::{
     io::Write,
@@ -22,7 +25,7 @@ use common::{
     tls::TlsFiles,
 };
 use futures::StreamExt;
-use testkit::{NatsServer, TestPki, eventually, unique};
+use testkit::{NatsAccount, NatsOperator, NatsServer, NatsUser, TestPki, eventually, unique};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 /// A user of the server, authenticated by NKey.
@@ -439,4 +442,240 @@ async fn unusable_credential_files_are_start_up_errors_naming_the_file() {
         "{bad_ca}"
     );
     assert!(matches!(two_ways, NatsConnectError::Conflicting(_)));
+}
+
+/// The files of one test (`.creds` files, the server's log); removed on
+/// drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("switchyard-nats-creds-{}", unique()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A nats-server in operator mode: it trusts `operator` and knows
+/// `accounts` (a memory resolver); it logs to `scratch`'s `nats.log`.
+async fn operator_server(
+    scratch: &Scratch,
+    operator: &NatsOperator,
+    accounts: &[&NatsAccount],
+) -> NatsServer {
+    let conf = format!(
+        "{}log_file: \"{}\"\n",
+        operator.server_config(accounts),
+        scratch.path("nats.log").display()
+    );
+    NatsServer::start_with(Some(&conf)).await
+}
+
+fn creds_auth(scratch: &Scratch, user: &NatsUser) -> NatsAuth {
+    let file = scratch.path(&format!("{}.creds", unique()));
+    user.write_creds(&file);
+    NatsAuth {
+        creds_file: Some(file),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn creds_of_a_user_the_operator_trusts_carry_a_message_end_to_end() {
+    // Arrange
+    let scratch = Scratch::new();
+    let operator = NatsOperator::new("switchyard-test");
+    let account = operator.account("app");
+    let server = operator_server(&scratch, &operator, &[&account]).await;
+    let auth = creds_auth(&scratch, &account.user("sensor-publisher"));
+    let readiness = Readiness::new(&[nats::READINESS_CHECK]);
+    let watch = ConnectionWatch::with_readiness(readiness.clone());
+
+    // Act
+    let client = nats::connect_with(
+        &options(&server.url()),
+        &auth,
+        &TlsFiles::default(),
+        watch.clone(),
+    )
+    .await
+    .unwrap();
+    let subject = format!("test.{}.creds", unique());
+    let mut subscription = client.subscribe(subject.clone()).await.unwrap();
+    client.publish(subject, "signed in".into()).await.unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+        .await
+        .expect("the message crossed the authenticated connection")
+        .unwrap();
+
+    // Assert
+    assert_eq!(&message.payload[..], b"signed in");
+    assert!(readiness.is_ready());
+    assert_eq!(watch.problem(), None);
+}
+
+/// What a client with refused `.creds` shows after a few seconds of
+/// retrying: its problem, its readiness, its log lines, and the server's
+/// refusals.
+struct Refusal {
+    problem: String,
+    readiness: Readiness,
+    state: async_nats::connection::State,
+    warn_lines: Vec<String>,
+    server_refusals: usize,
+    url: String,
+}
+
+async fn connect_refused(server: &NatsServer, scratch: &Scratch, user: &NatsUser) -> Refusal {
+    logs();
+    let readiness = Readiness::new(&[nats::READINESS_CHECK]);
+    let watch = ConnectionWatch::with_readiness(readiness.clone());
+    let options = options(&server.url());
+    let client = nats::connect_with(
+        &options,
+        &creds_auth(scratch, user),
+        &TlsFiles::default(),
+        watch.clone(),
+    )
+    .await
+    .expect("refused credentials are not a start-up error");
+    let problem = problem_of(&watch).await;
+    // Several attempts, with backoff (0, 2, 4, … ms, then up to 4 s apart).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let server_log = std::fs::read_to_string(scratch.path("nats.log")).unwrap_or_default();
+    Refusal {
+        problem,
+        readiness,
+        state: client.connection_state(),
+        warn_lines: log_lines_with(&options.name)
+            .into_iter()
+            .filter(|line| line.contains("nats cannot connect"))
+            .collect(),
+        server_refusals: server_log
+            .lines()
+            .filter(|line| line.contains("authentication error"))
+            .count(),
+        url: server.url(),
+    }
+}
+
+/// The documented behaviour for refused credentials: not ready, the reason
+/// in `/readyz`, retrying, one warn line, no secret anywhere.
+fn assert_refused_and_retried(refusal: &Refusal, user: &NatsUser) {
+    let Refusal {
+        problem,
+        readiness,
+        state,
+        warn_lines,
+        server_refusals,
+        url,
+    } = refusal;
+    assert!(problem.contains("authorization violation"), "{problem}");
+    assert!(problem.contains(url.as_str()), "{problem}");
+    assert!(!readiness.is_ready());
+    assert_eq!(
+        readiness.reason(nats::READINESS_CHECK).as_deref(),
+        Some(problem.as_str()),
+        "/readyz says why"
+    );
+    assert_ne!(*state, async_nats::connection::State::Connected);
+    assert_eq!(
+        warn_lines.len(),
+        1,
+        "one line per state change: {warn_lines:#?}"
+    );
+    assert!(warn_lines[0].contains(url.as_str()), "{warn_lines:#?}");
+    assert!(
+        warn_lines[0].contains("authorization violation"),
+        "{warn_lines:#?}"
+    );
+    assert!(
+        *server_refusals >= 2,
+        "the client tried again after the refusal: {server_refusals} attempt(s) seen by the server"
+    );
+    let everything = String::from_utf8_lossy(&logs().lock().unwrap()).into_owned();
+    let seed = user.seed();
+    assert!(!everything.contains(&seed));
+    assert!(!problem.contains(&seed));
+}
+
+#[tokio::test]
+async fn creds_of_an_account_the_server_does_not_know_are_refused_retried_and_logged_once() {
+    // Arrange: the same operator signed both accounts; the server was
+    // told only of `app`.
+    let scratch = Scratch::new();
+    let operator = NatsOperator::new("switchyard-test");
+    let known = operator.account("app");
+    let unknown = operator.account("elsewhere");
+    let server = operator_server(&scratch, &operator, &[&known]).await;
+    let stranger = unknown.user("stranger");
+
+    // Act
+    let refusal = connect_refused(&server, &scratch, &stranger).await;
+
+    // Assert
+    assert_refused_and_retried(&refusal, &stranger);
+}
+
+#[tokio::test]
+async fn an_expired_user_jwt_is_refused_retried_and_logged_once() {
+    // Arrange
+    let scratch = Scratch::new();
+    let operator = NatsOperator::new("switchyard-test");
+    let account = operator.account("app");
+    let server = operator_server(&scratch, &operator, &[&account]).await;
+    let expired = account.expired_user("late");
+
+    // Act
+    let refusal = connect_refused(&server, &scratch, &expired).await;
+
+    // Assert
+    assert_refused_and_retried(&refusal, &expired);
+}
+
+#[tokio::test]
+async fn a_creds_file_without_a_user_jwt_is_a_start_up_error_naming_the_file() {
+    // Arrange: only the seed block; the JWT half is missing.
+    let scratch = Scratch::new();
+    let user = NatsOperator::new("switchyard-test")
+        .account("app")
+        .user("half");
+    let file = scratch.path("half.creds");
+    let creds = user.creds();
+    let seed_block = creds
+        .find("-----BEGIN USER NKEY SEED-----")
+        .expect("the creds hold a seed block");
+    std::fs::write(&file, &creds[seed_block..]).unwrap();
+
+    // Act
+    let error = nats::connect_with(
+        &options("nats://127.0.0.1:1"),
+        &NatsAuth {
+            creds_file: Some(file.clone()),
+            ..Default::default()
+        },
+        &TlsFiles::default(),
+        ConnectionWatch::default(),
+    )
+    .await
+    .unwrap_err();
+
+    // Assert
+    let text = error.to_string();
+    assert!(
+        matches!(error, NatsConnectError::Credentials { .. }),
+        "{text}"
+    );
+    assert!(text.contains(&file.display().to_string()), "{text}");
+    assert!(!text.contains(&user.seed()), "{text}");
 }

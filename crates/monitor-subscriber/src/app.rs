@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context as _;
 use common::{
+    codec::Codec,
     config::Validate,
     nats::{ConnectionWatch, NatsOptions},
     ops::{OpsServer, Readiness},
@@ -138,10 +139,12 @@ impl Application {
         );
         // Everything besides the reading loop, drained together at the end.
         let work = shutdown.scope();
+        let codec = Codec::new(config.max_message_bytes);
         work.spawn(answer_stats_requests(
             client.clone(),
             stats_requests,
             stats.clone(),
+            codec,
         ));
         work.spawn(log_summaries(
             stats.clone(),
@@ -149,7 +152,7 @@ impl Application {
             work.token(),
         ));
 
-        let mut recorder = ReadingRecorder::new(&config.subject_prefix, stats.clone());
+        let mut recorder = ReadingRecorder::new(&config.subject_prefix, stats.clone(), codec);
         recorder
             .record_until_stopped(&mut readings, &mut bare_readings, &shutdown)
             .await;

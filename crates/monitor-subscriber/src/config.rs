@@ -8,6 +8,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use common::{
+    codec::{DEFAULT_MAX_PAYLOAD, validate_max_message_bytes},
     config::{ConfigError, SecretUrl, Validate},
     nats::NatsAuth,
     tls::TlsFiles,
@@ -59,6 +60,9 @@ pub struct Config {
     /// CA and client certificate for NATS (`NATS_TLS_CA`, `NATS_TLS_CERT`,
     /// `NATS_TLS_KEY`); any of them set means TLS is required.
     pub nats_tls: TlsFiles,
+    /// Largest reading or stats request in bytes; a bigger one is rejected
+    /// unread (`messages_rejected_total{reason="too_large"}`).
+    pub max_message_bytes: usize,
 }
 
 impl Default for Config {
@@ -74,6 +78,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             nats_auth: NatsAuth::default(),
             nats_tls: TlsFiles::default(),
+            max_message_bytes: DEFAULT_MAX_PAYLOAD,
         }
     }
 }
@@ -118,6 +123,7 @@ impl Validate for Config {
                 "must be at least 1",
             ));
         }
+        validate_max_message_bytes(self.max_message_bytes)?;
         Ok(())
     }
 }
@@ -165,6 +171,14 @@ mod tests {
         }
         .validate()
         .unwrap();
+        let error = Config {
+            max_message_bytes: 10,
+            ..Config::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("max_message_bytes"), "{error}");
     }
 
     #[test]

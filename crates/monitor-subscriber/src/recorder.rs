@@ -5,7 +5,8 @@
 //! statistics takes well under a microsecond per reading, and if the monitor
 //! still falls behind, the NATS client drops messages, which is counted as
 //! `messages_dropped_total{reason="slow_consumer"}` and shows up as
-//! `seq_gaps`. A payload that does not decode is counted in
+//! `seq_gaps`. A payload that does not decode, or is over
+//! `max_message_bytes` (then it is not read at all), is counted in
 //! `messages_rejected_total{reason}` and logged at warn.
 
 use common::{
@@ -35,10 +36,11 @@ pub(crate) struct ReadingRecorder {
 }
 
 impl ReadingRecorder {
-    /// A recorder of readings read from `<subject_prefix>` and `<subject_prefix>.>`.
-    pub(crate) fn new(subject_prefix: &str, stats: StatsHandle) -> Self {
+    /// A recorder of readings read from `<subject_prefix>` and
+    /// `<subject_prefix>.>`, none larger than `codec` allows.
+    pub(crate) fn new(subject_prefix: &str, stats: StatsHandle, codec: Codec) -> Self {
         ReadingRecorder {
-            codec: Codec::default(),
+            codec,
             stats,
             // Labelled by the subscription, not each sensor's subject, so
             // the metric does not grow with the fleet.

@@ -115,6 +115,7 @@ impl Application {
             publish_timeout: config.publish_timeout,
             ack_window: config.ack_window,
             max_publish_attempts: config.max_publish_attempts,
+            max_message_bytes: config.max_message_bytes,
         };
         let ready = common::nats::wait_connected(&client, &shutdown.token()).await
             && match config.mode {

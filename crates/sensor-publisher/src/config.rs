@@ -9,7 +9,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use common::{
-    codec::ContentType,
+    codec::{ContentType, DEFAULT_MAX_PAYLOAD, validate_max_message_bytes},
     config::{ConfigError, SecretUrl, Validate, duration},
     nats::{DeliveryMode, NatsAuth},
     tls::TlsFiles,
@@ -75,6 +75,9 @@ pub struct Config {
     /// 1 on a single server, 3 on a three-node cluster, so the stream
     /// survives the loss of a node. At most 5, as nats-server allows.
     pub stream_replicas: usize,
+    /// Largest reading in bytes: a bigger one is not sent but counted in
+    /// `readings_unsent_total{reason="too_large"}`.
+    pub max_message_bytes: usize,
 }
 
 impl Default for Config {
@@ -97,6 +100,7 @@ impl Default for Config {
             nats_auth: NatsAuth::default(),
             nats_tls: TlsFiles::default(),
             stream_replicas: 1,
+            max_message_bytes: DEFAULT_MAX_PAYLOAD,
         }
     }
 }
@@ -213,7 +217,7 @@ impl Validate for Config {
                 "must be 1 to 5 (servers keeping a copy of the stream)",
             ));
         }
-        Ok(())
+        validate_max_message_bytes(self.max_message_bytes)
     }
 }
 

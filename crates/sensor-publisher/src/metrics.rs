@@ -11,7 +11,8 @@
 use common::metrics::Metric;
 
 /// Readings given up on (label `reason`: `disconnected`, `publish_error`,
-/// `timeout`, `retries_exhausted`, `encode`, `confirmer_gone`, `shutdown`).
+/// `timeout`, `retries_exhausted`, `encode`, `too_large`, `confirmer_gone`,
+/// `shutdown`).
 pub const READINGS_UNSENT: &str = "readings_unsent_total";
 /// JetStream publishes sent again after a timeout or an error.
 pub const JETSTREAM_PUBLISH_RETRIES: &str = "jetstream_publish_retries_total";
@@ -22,7 +23,7 @@ pub const JETSTREAM_PUBLISH_DUPLICATES: &str = "jetstream_publish_duplicates_tot
 pub const ALL: &[Metric] = &[
     Metric::counter(
         READINGS_UNSENT,
-        "Readings given up on, by reason (not connected, failed, retries exhausted, shutdown).",
+        "Readings given up on, by reason (not connected, failed, too large, retries exhausted, shutdown).",
     ),
     Metric::counter(
         JETSTREAM_PUBLISH_RETRIES,

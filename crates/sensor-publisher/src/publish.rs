@@ -40,7 +40,7 @@ use async_nats::{
 };
 use bytes::{Bytes, BytesMut};
 use common::{
-    codec::{Codec, ContentType},
+    codec::{Codec, CodecError, ContentType},
     metrics::MESSAGES_PUBLISHED,
     nats::CONTENT_TYPE,
     propagation::{TRACEPARENT, inject_nats_if_traced},
@@ -102,9 +102,10 @@ impl PublishCounts {
 /// Why a reading could not be encoded or handed on.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadingError {
-    /// The reading does not encode (only a JSON float problem could do that).
+    /// The reading does not encode (a JSON float problem) or is over
+    /// `max_message_bytes`.
     #[error("cannot encode reading: {0}")]
-    Encode(#[from] common::codec::CodecError),
+    Encode(#[from] CodecError),
 }
 
 /// Settings of a [`ReadingPublisher`].
@@ -122,6 +123,8 @@ pub struct PublisherSettings {
     pub ack_window: usize,
     /// Sends of one reading before it is given up (JetStream).
     pub max_publish_attempts: u32,
+    /// Largest reading sent, in bytes; a bigger one is counted as unsent.
+    pub max_message_bytes: usize,
 }
 
 /// Publishes readings in the configured mode.
@@ -230,11 +233,12 @@ impl ReadingPublisher {
             "subject" => format!("{}.>", settings.subject_prefix)
         );
         let content_type = settings.content_type.mime();
+        let codec = Codec::new(settings.max_message_bytes);
         ReadingPublisher {
             settings,
             client,
             jetstream,
-            codec: Codec::default(),
+            codec,
             counts,
             published_metric,
             confirmer: None,
@@ -255,7 +259,13 @@ impl ReadingPublisher {
     ) -> Result<(), ReadingError> {
         let payload = self
             .encode(reading)
-            .inspect_err(|_| unsent(&self.counts, "encode"))?;
+            .inspect_err(|ReadingError::Encode(error)| {
+                let reason = match error {
+                    CodecError::TooLarge { .. } => "too_large",
+                    _ => "encode",
+                };
+                unsent(&self.counts, reason);
+            })?;
         let subject = self.subject(sensor, &reading.sensor_id);
         let headers = reading_headers(self.content_type.clone());
         match self.jetstream.clone() {
@@ -281,7 +291,7 @@ impl ReadingPublisher {
         }
         let len = prost::Message::encoded_len(reading);
         if len > self.codec.max_payload() {
-            return Err(common::codec::CodecError::TooLarge {
+            return Err(CodecError::TooLarge {
                 size: len,
                 limit: self.codec.max_payload(),
             }
@@ -291,7 +301,7 @@ impl ReadingPublisher {
             self.buffer.reserve(len.max(ENCODE_CHUNK));
         }
         prost::Message::encode(reading, &mut self.buffer)
-            .map_err(|error| common::codec::CodecError::Invalid(error.to_string()))?;
+            .map_err(|error| CodecError::Invalid(error.to_string()))?;
         Ok(self.buffer.split().freeze())
     }
 

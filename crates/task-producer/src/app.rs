@@ -46,6 +46,10 @@ impl Application {
     /// warning, when its address cannot be bound).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         common::metrics::describe(crate::metrics::ALL);
+        config
+            .publisher()
+            .refuse_mismatched_queue("task-producer")
+            .await?;
         let readiness = Readiness::new(&[RABBITMQ_CHECK]);
         let ops = match OpsServer::start(
             config.ops_addr,

@@ -11,13 +11,14 @@
 use std::{net::SocketAddr, time::Duration};
 
 use common::{
-    codec::ContentType,
+    codec::{Codec, CodecError, ContentType, validate_max_message_bytes},
     config::{ConfigError, SecretUrl, Validate, duration},
     tls::TlsFiles,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use workqueue::{publisher::PublisherConfig, topology::QueueType};
+use uuid::Uuid;
+use workqueue::{publisher::PublisherConfig, task::Task, topology::QueueType};
 
 /// Standard environment variables and the keys they set.
 pub const ENV_KEYS: &[(&str, &str)] = &[
@@ -53,6 +54,9 @@ pub struct Config {
     /// `classic` (default) or `quorum`: the type the work queue is declared
     /// with; must match the workers' (docs/ARCHITECTURE.md).
     pub queue_type: QueueType,
+    /// Largest task body in bytes: a job whose tasks would be larger is
+    /// refused at start, a larger task is never sent.
+    pub max_message_bytes: usize,
 }
 
 impl Default for Config {
@@ -68,6 +72,7 @@ impl Default for Config {
             job: JobConfig::default(),
             amqp_tls: publisher.amqp_tls,
             queue_type: publisher.queue_type,
+            max_message_bytes: publisher.max_message_bytes,
         }
     }
 }
@@ -96,7 +101,9 @@ impl Validate for Config {
                 "must be above 0",
             ));
         }
-        self.job.validate()
+        validate_max_message_bytes(self.max_message_bytes)?;
+        self.job.validate()?;
+        self.check_task_size()
     }
 }
 
@@ -111,6 +118,29 @@ impl Config {
             publish_timeout: self.publish_timeout,
             amqp_tls: self.amqp_tls.clone(),
             queue_type: self.queue_type,
+            max_message_bytes: self.max_message_bytes,
+        }
+    }
+
+    /// Refuses a job whose tasks would be over `max_message_bytes` at start,
+    /// rather than every one of them at its publish.
+    fn check_task_size(&self) -> Result<(), ConfigError> {
+        let Ok(payload) = self.job.payload_object() else {
+            return Ok(()); // JobConfig::validate names that problem.
+        };
+        // An id as long as the real ones, which are UUIDs.
+        let task = Task::new(Uuid::nil().to_string(), self.job.kind.clone(), payload);
+        match Codec::new(self.max_message_bytes).encode(&task, self.content_type) {
+            Err(CodecError::TooLarge { size, limit }) => Err(ConfigError::invalid(
+                "job.payload",
+                format!("{} bytes of JSON", self.job.payload.len()),
+                format!(
+                    "a task of {size} bytes ({}) exceeds max_message_bytes = {limit}",
+                    self.content_type
+                ),
+            )),
+            Err(error) => Err(ConfigError::invalid("job.payload", "", error.to_string())),
+            Ok(_) => Ok(()),
         }
     }
 }
@@ -252,6 +282,28 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("not valid json")
+        );
+    }
+
+    #[test]
+    fn a_job_whose_tasks_exceed_max_message_bytes_is_refused_at_start() {
+        let blob = |len: usize| format!("{{\"blob\": \"{}\"}}", "x".repeat(len));
+        let limit = ("SWITCHYARD__MAX_MESSAGE_BYTES", "4096");
+        let fits = blob(3000);
+        let config = load(None, &[limit, ("SWITCHYARD__JOB__PAYLOAD", &fits)]).unwrap();
+        assert_eq!(config.max_message_bytes, 4096);
+        let too_big = blob(5000);
+        let error = load(None, &[limit, ("SWITCHYARD__JOB__PAYLOAD", &too_big)])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("job.payload"), "{error}");
+        assert!(
+            error.contains("exceeds max_message_bytes = 4096"),
+            "{error}"
+        );
+        assert!(
+            !error.contains("xxxx"),
+            "the payload is not printed: {error}"
         );
     }
 

@@ -17,6 +17,7 @@ use common::{
     shutdown::Shutdown,
 };
 use tokio::sync::broadcast;
+use workqueue::preflight::{Declaration, refuse_mismatched_queues};
 
 use crate::{
     Config,
@@ -62,6 +63,19 @@ impl Application {
     /// lazily: a user-service that is down does not stop the worker).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         common::metrics::describe(metrics::ALL);
+        refuse_mismatched_queues(
+            &config.amqp_url,
+            &config.amqp_tls,
+            "task-worker",
+            &[
+                Declaration::Topology(&config.topology()),
+                Declaration::DataSync {
+                    queue: &config.data_sync_queue,
+                    queue_type: config.queue_type,
+                },
+            ],
+        )
+        .await?;
         let contacts = ContactDirectory::new();
         let mut handlers = Handlers::default();
         handlers.insert(
@@ -140,7 +154,7 @@ impl Application {
                 finished: self.finished,
                 shared_finished: self.shared_finished,
                 events: self.events,
-                codec: Codec::default(),
+                codec: Codec::new(self.config.max_message_bytes),
             }),
             contacts: self.contacts,
             breaker: self.breaker,

@@ -10,6 +10,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use common::{
     circuit_breaker::BreakerConfig,
+    codec::{DEFAULT_MAX_PAYLOAD, validate_max_message_bytes},
     config::{ConfigError, SecretUrl, Validate, duration},
     tls::TlsFiles,
 };
@@ -90,6 +91,9 @@ pub struct Config {
     /// `classic` (default) or `quorum`: the type of `queue`, its retry
     /// tiers, its DLQ and `data_sync_queue` (docs/ARCHITECTURE.md).
     pub queue_type: QueueType,
+    /// Largest task or `data_sync` event body in bytes; a bigger one is not
+    /// parsed but dead-lettered with `x-reason = too_large`.
+    pub max_message_bytes: usize,
 }
 
 impl Default for Config {
@@ -116,6 +120,7 @@ impl Default for Config {
             user_service_tls: TlsFiles::default(),
             amqp_tls: TlsFiles::default(),
             queue_type: QueueType::Classic,
+            max_message_bytes: DEFAULT_MAX_PAYLOAD,
         }
     }
 }
@@ -184,7 +189,7 @@ impl Validate for Config {
                 "must be at least 1",
             ));
         }
-        Ok(())
+        validate_max_message_bytes(self.max_message_bytes)
     }
 }
 
@@ -254,6 +259,12 @@ mod tests {
         };
         let message = config.validate().unwrap_err().to_string();
         assert!(message.contains("finished_ttl = \"500ms\""), "{message}");
+        let config = Config {
+            max_message_bytes: 0,
+            ..Config::default()
+        };
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("max_message_bytes = \"0\""), "{message}");
     }
 
     #[test]

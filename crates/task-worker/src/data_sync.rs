@@ -3,10 +3,14 @@
 //! A durable queue of persistent JSON events, from user-service or a plain
 //! client (docs/ARCHITECTURE.md has the format). Each event is applied
 //! idempotently (see [`crate::contacts`]) and acked. An event that does not
-//! decode is counted (`messages_rejected_total{reason}`), logged, and parked
-//! in `<queue>.dlq` for inspection, never lost or retried in a loop.
+//! decode, or is over `max_message_bytes` (then it is not parsed at all), is
+//! counted (`messages_rejected_total{reason}`), logged, and parked in
+//! `<queue>.dlq` for inspection, never lost or retried in a loop.
 
-use common::metrics::{MESSAGES_RECEIVED, MESSAGES_REJECTED};
+use common::{
+    codec::Codec,
+    metrics::{MESSAGES_RECEIVED, MESSAGES_REJECTED},
+};
 use futures::StreamExt;
 use lapin::{
     Channel,
@@ -24,13 +28,15 @@ use crate::{
     routing::{self, DeadLetter, RouteError},
 };
 
-/// Consumes user events from `queue` until `stop` fires or the channel fails.
+/// Consumes user events from `queue` until `stop` fires or the channel
+/// fails; `codec` holds the size limit of an event.
 pub(crate) async fn run(
     channel: Channel,
     publish: Channel,
     queue: String,
     consumer_tag: String,
     contacts: ContactDirectory,
+    codec: Codec,
     stop: CancellationToken,
 ) -> End {
     let mut consumer = match channel
@@ -54,7 +60,7 @@ pub(crate) async fn run(
             }
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    if let Err(error) = apply(&publish, &queue, &contacts, delivery).await {
+                    if let Err(error) = apply(&publish, &queue, &contacts, &codec, delivery).await {
                         return End::Lost(error.to_string());
                     }
                 }
@@ -69,10 +75,12 @@ async fn apply(
     publish: &Channel,
     queue: &str,
     contacts: &ContactDirectory,
+    codec: &Codec,
     delivery: Delivery,
 ) -> Result<(), RouteError> {
     metrics::counter!(MESSAGES_RECEIVED, "queue" => queue.to_string()).increment(1);
-    let applied = UserEvent::decode(&delivery.data).and_then(|event| {
+    let applied = codec.check_size(delivery.data.len()).and_then(|()| {
+        let event = UserEvent::decode(&delivery.data)?;
         let applied = contacts.apply(&event)?;
         Ok((event, applied))
     });

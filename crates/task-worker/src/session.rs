@@ -187,6 +187,7 @@ async fn start(
         config.data_sync_queue.clone(),
         format!("{}-data-sync", shared.worker_id),
         shared.contacts.clone(),
+        shared.context.codec,
         scope.token(),
     )));
     Ok(())

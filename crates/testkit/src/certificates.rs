@@ -20,6 +20,10 @@ pub struct TestPki {
 }
 
 impl TestPki {
+    /// The client certificate's common name: servers that map a
+    /// certificate to a user (PostgreSQL's `cert` authentication) see this.
+    pub const CLIENT_NAME: &'static str = "switchyard-test-client";
+
     /// Generates the CA, the server and client certificates and the
     /// unrelated CA, readable by every user (a RabbitMQ node runs as
     /// `rabbitmq`).
@@ -36,7 +40,7 @@ impl TestPki {
             .signed_by(&server_key, &ca)
             .expect("sign the server certificate");
 
-        let mut client = leaf("switchyard-test-client", &["localhost"]);
+        let mut client = leaf(Self::CLIENT_NAME, &["localhost"]);
         client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let client_key = KeyPair::generate().expect("generate the client key");
         let client_cert = client

@@ -21,13 +21,21 @@
 //!   leading a quorum queue.
 //! - [`TestPki`]: a CA, server and client certificates made at test time,
 //!   for the brokers' TLS listeners.
+//! - [`PostgresServer`]: a private PostgreSQL that takes TLS connections
+//!   only (a password role and a client-certificate role), for the tests
+//!   of `sslmode`.
+//! - [`NatsOperator`], [`NatsAccount`], [`NatsUser`]: operator, account and
+//!   user JWTs signed with NKeys at test time, the nats-server
+//!   configuration trusting them and `.creds` files.
 //!
 //! Only tests depend on this crate (as a dev-dependency).
 
 mod amqp;
 mod certificates;
 mod nats_cluster;
+mod nats_jwt;
 mod nats_server;
+mod postgres_server;
 mod rabbit_cluster;
 mod rabbit_node;
 
@@ -39,7 +47,9 @@ pub use amqp::{
 };
 pub use certificates::TestPki;
 pub use nats_cluster::NatsCluster;
+pub use nats_jwt::{NatsAccount, NatsOperator, NatsUser};
 pub use nats_server::{NatsServer, PARTITIONS_CONF};
+pub use postgres_server::PostgresServer;
 pub use rabbit_cluster::RabbitCluster;
 pub use rabbit_node::RabbitNode;
 

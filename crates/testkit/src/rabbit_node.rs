@@ -134,7 +134,8 @@ impl RabbitNode {
     }
 
     /// Starts the node (again) on the same data directory and waits until it
-    /// accepts AMQP connections (about 7 s, at most 60 s).
+    /// accepts AMQP connections (about 7 s on a quiet machine, at most
+    /// `BOOT_DEADLINE`, 90 s).
     pub async fn boot(&self) {
         let out = std::fs::File::create(self.dir.join("server.out")).expect("create server.out");
         let server = Command::new("rabbitmq-server")
@@ -154,77 +155,143 @@ impl RabbitNode {
             .spawn()
             .expect("rabbitmq-server starts");
         *self.server.lock().unwrap_or_else(|p| p.into_inner()) = Some(server);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        self.wait_for_amqp().await;
+    }
+
+    /// Waits until the node completes an AMQP handshake. Each attempt is
+    /// bounded: a node that accepts TCP but never answers the handshake
+    /// (one still syncing with its cluster) must not hold the test forever.
+    pub(crate) async fn wait_for_amqp(&self) {
+        let deadline = tokio::time::Instant::now() + BOOT_DEADLINE;
+        let url = self.url();
         loop {
-            if let Ok(connection) =
-                Connection::connect(&self.url(), ConnectionProperties::default()).await
-            {
-                let _ = connection.close(200, "probe".into()).await;
+            let attempt = tokio::time::timeout(
+                Duration::from_secs(5),
+                Connection::connect(&url, ConnectionProperties::default()),
+            );
+            if let Ok(Ok(connection)) = attempt.await {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    connection.close(200, "probe".into()),
+                )
+                .await;
                 return;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "the test rabbitmq node did not start in 60 s (see {})",
+                "rabbitmq node {} did not accept AMQP in {BOOT_DEADLINE:?} (see {})",
+                self.name,
                 self.dir.join("server.out").display()
             );
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
+    /// `rabbitmqctl -n <node> <args>` on a blocking thread, at most
+    /// `CTL_DEADLINE`; the standard output, or why it failed.
+    pub(crate) async fn ctl(&self, args: &[&str]) -> Result<String, String> {
+        let mut command = Command::new("rabbitmqctl");
+        command
+            .args(["-n", &self.name, "--timeout", "20"])
+            .args(args)
+            .stdin(Stdio::null());
+        let what = format!("rabbitmqctl -n {} {}", self.name, args.join(" "));
+        let run = tokio::task::spawn_blocking(move || command.output());
+        let output = match tokio::time::timeout(CTL_DEADLINE, run).await {
+            Err(_) => return Err(format!("{what}: no answer in {CTL_DEADLINE:?}")),
+            Ok(joined) => joined
+                .expect("the rabbitmqctl thread does not panic")
+                .map_err(|e| format!("{what}: {e}"))?,
+        };
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(format!(
+                "{what}: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ))
+        }
+    }
+
+    /// SIGKILLs every process of this node (its wrapper scripts, its Erlang
+    /// VM and the VM's helpers) and reaps the server process: the abrupt
+    /// loss of a machine, without a clean shutdown.
+    pub fn kill(&self) {
+        for pid in self.own_pids() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+        if let Some(mut server) = self.server.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+    }
+
     /// Stops the node (a clean broker shutdown, as on a restart).
     ///
-    /// Never hangs: a node that ignores `rabbitmqctl stop` — one still booting
-    /// when a test gave up on it, which writes its pid file only later — is
-    /// killed once it has one, and the server process is killed after
-    /// 30 s whatever happens.
+    /// Never hangs: a node that does not stop by `rabbitmqctl stop` — one
+    /// still booting when a test gave up on it, or already killed — is
+    /// SIGKILLed, and so is one still running after 30 s.
     pub fn stop(&self) {
         let stopped = Command::new("rabbitmqctl")
-            .args(["-n", &self.name, "stop"])
+            .args(["-n", &self.name, "--timeout", "30", "stop"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|status| status.success());
         if !stopped {
-            self.kill_own_beam();
+            self.kill();
+            return;
         }
         let Some(mut server) = self.server.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return;
         };
         let deadline = std::time::Instant::now() + STOP_DEADLINE;
-        while matches!(server.try_wait(), Ok(None)) {
-            if std::time::Instant::now() > deadline {
-                let _ = server.kill();
-                break;
-            }
+        while matches!(server.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(250));
-            if !stopped {
-                self.kill_own_beam();
-            }
         }
-        self.kill_own_beam();
+        let _ = server.kill();
         let _ = server.wait();
+        self.kill();
     }
 
-    /// Kills the node's Erlang VM when `rabbitmqctl stop` could not: only the
-    /// pid from our pid file, and only if that process really is our node.
-    fn kill_own_beam(&self) {
-        let Ok(pid) = std::fs::read_to_string(self.dir.join("rabbitmq.pid")) else {
-            return;
+    /// The pids whose environment names this node (`RABBITMQ_NODENAME`),
+    /// found in `/proc`, never by a broad name. epmd is left alone: it may
+    /// serve the machine's shared broker too.
+    fn own_pids(&self) -> Vec<u32> {
+        let marker = format!("RABBITMQ_NODENAME={}", self.name);
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
         };
-        let pid = pid.trim();
-        let ours = std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
-            environ
-                .split(|byte| *byte == 0)
-                .any(|var| var == format!("RABBITMQ_NODENAME={}", self.name).as_bytes())
-        });
-        if ours {
-            let _ = Command::new("kill")
-                .args(["-KILL", pid])
-                .stderr(Stdio::null())
-                .status();
-        }
+        entries
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| *pid != std::process::id())
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|comm| comm.trim() != "epmd")
+            })
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
+                    environ
+                        .split(|byte| *byte == 0)
+                        .any(|var| var == marker.as_bytes())
+                })
+            })
+            .collect()
     }
 }
+
+/// How long one boot may take until the node accepts AMQP connections
+/// (about 7 s on a quiet machine; CI's are not quiet, and a restarted
+/// cluster member first syncs with its peers).
+const BOOT_DEADLINE: Duration = Duration::from_secs(90);
+
+/// The longest one `rabbitmqctl` call may take (it starts an Erlang VM of
+/// its own, ~1–2 s, then asks the node with `--timeout 20`).
+const CTL_DEADLINE: Duration = Duration::from_secs(30);
 
 /// How long [`RabbitNode::stop`] waits for the node to go before it kills it.
 const STOP_DEADLINE: Duration = Duration::from_secs(30);

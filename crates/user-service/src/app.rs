@@ -40,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{Router, TcpIncoming};
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::layer::util::{Identity, Stack};
+use workqueue::preflight::{Declaration, refuse_mismatched_queues};
 
 use crate::{
     call_layer::GrpcCallLayer,
@@ -84,6 +85,16 @@ impl Application {
     /// starts the ops endpoint.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         common::metrics::describe(crate::metrics::ALL);
+        refuse_mismatched_queues(
+            &config.amqp_url,
+            &config.amqp_tls,
+            "user-service",
+            &[Declaration::DataSync {
+                queue: &config.data_sync_queue,
+                queue_type: config.queue_type,
+            }],
+        )
+        .await?;
         let tls = match config.certificate_files() {
             Some(files) => Some(Arc::new(
                 ServerTls::load(files).context("cannot set up tls")?,
@@ -217,7 +228,7 @@ impl Application {
 
         // The relay and the change feed, stopped once the servers are done.
         let background = Shutdown::new();
-        let database = open_database(&config, &shutdown.token()).await;
+        let database = open_database(&config, &readiness, &shutdown.token()).await;
         if let Ok(Some(store)) = &database {
             if store.backend() == Backend::Postgres && directory.cache().is_enabled() {
                 // Other replicas may write: nothing is cached until their
@@ -278,24 +289,32 @@ fn grpc_router(
     directory: UserDirectory,
     health: HealthReporter,
 ) -> anyhow::Result<Router<Stack<GrpcCallLayer, Identity>>> {
+    // Every service refuses a request over `max_message_bytes` before
+    // decoding it (tonic answers `OUT_OF_RANGE`, which the call layer
+    // counts); health and reflection keep tonic's default limit for what
+    // they send, since a descriptor set is not a caller's input.
+    let limit = config.max_message_bytes;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(common::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .context("cannot build the reflection service")?;
+        .context("cannot build the reflection service")?
+        .max_decoding_message_size(limit);
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(common::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
-        .context("cannot build the reflection service")?;
+        .context("cannot build the reflection service")?
+        .max_decoding_message_size(limit);
     let users = UserServiceServer::new(UserGrpc::new(directory))
-        .max_decoding_message_size(config.max_message_bytes)
-        .max_encoding_message_size(config.max_message_bytes);
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
     let health_service = tonic_health::pb::health_server::HealthServer::new(
         tonic_health::server::HealthService::from_health_reporter(health),
-    );
+    )
+    .max_decoding_message_size(limit);
     Ok(tonic::transport::Server::builder()
-        .layer(GrpcCallLayer::new(config.request_timeout))
+        .layer(GrpcCallLayer::new(config.request_timeout, limit))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -303,16 +322,23 @@ fn grpc_router(
 }
 
 /// Connects (retrying with backoff until it works or `stop` fires) and
-/// migrates; `None` when stopped first.
+/// migrates; `None` when stopped first. Meanwhile `/readyz` says why the
+/// last attempt failed (sqlx's text names the cause, never the URL).
 async fn open_database(
     config: &Config,
+    readiness: &Readiness,
     stop: &CancellationToken,
 ) -> anyhow::Result<Option<UserStore>> {
     let settings = PoolSettings {
         max_connections: config.db_max_connections,
         acquire_timeout: config.db_acquire_timeout,
     };
-    let connect = || UserStore::connect(&config.database_url, settings);
+    let connect = || async {
+        let attempt = UserStore::connect(&config.database_url, settings).await;
+        let reason = attempt.as_ref().err().map(ToString::to_string);
+        readiness.set_reason(DATABASE_CHECK, reason);
+        attempt
+    };
     let Some(store) = until_connected("user store", &config.database_url, stop, connect).await
     else {
         return Ok(None);

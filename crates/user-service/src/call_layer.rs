@@ -16,6 +16,14 @@
 //!   `grpc_server_duration_seconds{method}`, recorded when the response
 //!   ends: the status of a successful unary call only arrives in the
 //!   trailers, so the body is watched for them.
+//! - **bad input**: a request over `max_message_bytes` is refused by tonic
+//!   before it is decoded, with a trailers-only `OUT_OF_RANGE`; this layer
+//!   counts it in `messages_rejected_total{reason="too_large"}` and logs it
+//!   at warn with its size and the limit (never its content). Bytes that
+//!   are not the request's Protobuf make tonic answer `INTERNAL` (prost's
+//!   "failed to decode Protobuf message"); that is the caller's mistake, not
+//!   ours, so this layer answers `INVALID_ARGUMENT` instead and counts it in
+//!   `messages_rejected_total{reason="invalid_protobuf"}`.
 
 use std::{
     pin::Pin,
@@ -31,6 +39,8 @@ use tokio::time::Instant;
 use tonic::{Code, Status, metadata::MetadataMap};
 use tower::{Layer, Service};
 use tracing::Instrument;
+
+use common::metrics::MESSAGES_REJECTED;
 
 use crate::{
     error::code_name,
@@ -63,12 +73,18 @@ const TRACE_HEADERS: [HeaderName; 2] = [
 #[derive(Debug, Clone, Copy)]
 pub struct GrpcCallLayer {
     default_timeout: Duration,
+    max_message_bytes: usize,
 }
 
 impl GrpcCallLayer {
-    /// Calls without a (shorter) `grpc-timeout` get `default_timeout`.
-    pub fn new(default_timeout: Duration) -> Self {
-        GrpcCallLayer { default_timeout }
+    /// Calls without a (shorter) `grpc-timeout` get `default_timeout`;
+    /// `max_message_bytes` is the request size limit the services enforce,
+    /// named in the log line of a request refused for its size.
+    pub fn new(default_timeout: Duration, max_message_bytes: usize) -> Self {
+        GrpcCallLayer {
+            default_timeout,
+            max_message_bytes,
+        }
     }
 }
 
@@ -79,6 +95,7 @@ impl<S> Layer<S> for GrpcCallLayer {
         GrpcCall {
             inner,
             default_timeout: self.default_timeout,
+            max_message_bytes: self.max_message_bytes,
         }
     }
 }
@@ -88,6 +105,7 @@ impl<S> Layer<S> for GrpcCallLayer {
 pub struct GrpcCall<S> {
     inner: S,
     default_timeout: Duration,
+    max_message_bytes: usize,
 }
 
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for GrpcCall<S>
@@ -116,16 +134,25 @@ where
         let span = tracing::info_span!("grpc request", rpc.method = %method, otel.kind = "server");
         common::propagation::set_parent(&span, caller_context(request.headers()));
         let started = Instant::now();
+        let limit = self.max_message_bytes;
 
         Box::pin(
             async move {
                 let call = CallRecord { method, started };
                 let budget = timeout.saturating_sub(TRANSPORT_TIMER_MARGIN);
                 match tokio::time::timeout(budget, inner.call(request)).await {
-                    Ok(Ok(response)) => {
+                    Ok(Ok(mut response)) => {
                         // An error answer is "trailers-only": the status is
                         // in the headers and the body is empty.
-                        let code = status_of(response.headers());
+                        let mut code = status_of(response.headers());
+                        if code == Some(Code::OutOfRange) {
+                            count_too_large(&call.method, response.headers(), limit);
+                        }
+                        if code == Some(Code::Internal)
+                            && refuse_undecodable(&call.method, response.headers_mut())
+                        {
+                            code = Some(Code::InvalidArgument);
+                        }
                         Ok(response.map(|body| MeteredBody::new(body, call, code)))
                     }
                     Ok(Err(error)) => {
@@ -259,6 +286,58 @@ fn method_label(path: &str) -> String {
     }
 }
 
+/// A request refused for its size. tonic answers it before any handler
+/// runs, trailers-only with `OUT_OF_RANGE` ("decoded message length too
+/// large: found N bytes, the limit is: L bytes"); no handler of ours answers
+/// `OUT_OF_RANGE` (docs/ARCHITECTURE.md: it means a request over
+/// `max_message_bytes`), so the code in the headers tells.
+fn count_too_large(method: &str, headers: &HeaderMap, limit: usize) {
+    metrics::counter!(MESSAGES_REJECTED, "reason" => "too_large").increment(1);
+    let size = Status::from_header_map(headers).and_then(|status| found_bytes(status.message()));
+    tracing::warn!(
+        method,
+        reason = "too_large",
+        size,
+        limit,
+        "grpc request rejected: larger than max_message_bytes"
+    );
+}
+
+/// A request whose bytes did not decode: tonic (tonic-prost) answers it
+/// trailers-only with `INTERNAL` and prost's "failed to decode Protobuf
+/// message: ..."; no handler of ours says that. Turns the answer into
+/// `INVALID_ARGUMENT` (the message kept), counts and logs it; `false` for
+/// any other `INTERNAL`, left as it is.
+fn refuse_undecodable(method: &str, headers: &mut HeaderMap) -> bool {
+    let Some(status) = Status::from_header_map(headers) else {
+        return false;
+    };
+    if !status.message().starts_with(UNDECODABLE) {
+        return false;
+    }
+    headers.insert(GRPC_STATUS, HeaderValue::from(Code::InvalidArgument as i32));
+    metrics::counter!(MESSAGES_REJECTED, "reason" => "invalid_protobuf").increment(1);
+    tracing::warn!(
+        method,
+        reason = "invalid_protobuf",
+        error = status.message(),
+        "grpc request rejected: not the request's protobuf"
+    );
+    true
+}
+
+/// How prost's `DecodeError` begins.
+const UNDECODABLE: &str = "failed to decode Protobuf message";
+
+/// The `N` of tonic's "... found N bytes ..." (the request's size).
+fn found_bytes(message: &str) -> Option<usize> {
+    let (_, rest) = message.split_once("found ")?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
 fn status_of(headers: &HeaderMap) -> Option<Code> {
     let value = headers.get(GRPC_STATUS)?.to_str().ok()?;
     value.parse::<i32>().ok().map(Code::from_i32)
@@ -360,6 +439,18 @@ mod tests {
         assert_eq!(effective_timeout(&headers, default), default);
         headers.insert(GRPC_TIMEOUT, header("garbage"));
         assert_eq!(effective_timeout(&headers, default), default);
+    }
+
+    #[test]
+    fn the_size_of_a_refused_request_is_read_from_tonics_message() {
+        let status = Status::out_of_range(
+            "Error, decoded message length too large: found 10012 bytes, the limit is: 4096 bytes",
+        );
+        // As it travels: percent-encoded in `grpc-message`.
+        let response = status.into_http::<tonic::body::Body>();
+        let read = Status::from_header_map(response.headers()).unwrap();
+        assert_eq!(found_bytes(read.message()), Some(10_012));
+        assert_eq!(found_bytes("no size here"), None);
     }
 
     #[test]

@@ -12,7 +12,10 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use common::config::{ConfigError, SecretUrl, Validate, duration};
+use common::{
+    codec::{DEFAULT_MAX_PAYLOAD, validate_max_message_bytes},
+    config::{ConfigError, SecretUrl, Validate, duration},
+};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -73,7 +76,8 @@ pub struct Config {
     #[serde(with = "duration")]
     pub request_timeout: Duration,
     /// Largest gRPC message accepted or sent, in bytes; larger requests are
-    /// refused with `OUT_OF_RANGE` before they are decoded. Also the JSON
+    /// refused with `OUT_OF_RANGE` before they are decoded and counted in
+    /// `messages_rejected_total{reason="too_large"}`. Also the JSON
     /// gateway's body limit.
     pub max_message_bytes: usize,
     /// On shutdown, how long health reports `NOT_SERVING` while calls are
@@ -119,7 +123,7 @@ impl Default for Config {
             outbox_poll_interval: Duration::from_secs(1),
             outbox_batch_size: 100,
             request_timeout: Duration::from_secs(10),
-            max_message_bytes: 1024 * 1024,
+            max_message_bytes: DEFAULT_MAX_PAYLOAD,
             drain_delay: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(20),
             tls_cert: None,
@@ -197,13 +201,7 @@ impl Validate for Config {
                 return Err(ConfigError::invalid(key, 0, "must be more than 0"));
             }
         }
-        if self.max_message_bytes < 1024 {
-            return Err(ConfigError::invalid(
-                "max_message_bytes",
-                self.max_message_bytes,
-                "must be at least 1024",
-            ));
-        }
+        validate_max_message_bytes(self.max_message_bytes)?;
         match (&self.tls_cert, &self.tls_key) {
             (Some(_), None) => {
                 return Err(ConfigError::invalid(

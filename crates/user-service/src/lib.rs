@@ -16,7 +16,8 @@
 //! - [`store`]: sqlx storage and migrations; [`outbox`]: the event relay;
 //!   [`events`]: the `data_sync` message format.
 //! - [`grpc`]: the tonic service; [`call_layer`]: tracing, deadlines and
-//!   metrics around every call; [`http`]: the JSON gateway.
+//!   metrics around every call; [`http`]: the JSON gateway; [`openapi`]: its
+//!   OpenAPI document, generated from the handlers, at `GET /openapi.json`.
 //! - [`tls`]: both servers' certificates, reloaded when the files change;
 //!   [`tls_listener`]: connections handed over after their handshake.
 
@@ -31,6 +32,7 @@ pub mod events;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
+pub mod openapi;
 pub mod outbox;
 pub mod read_cache;
 pub mod store;

@@ -2,9 +2,11 @@
 //!
 //! The names are a contract (dashboards, alerts and docs/ARCHITECTURE.md
 //! use them): change one only together with those. [`ALL`] carries the
-//! `# HELP` text that [`crate::Application::build`] registers; the one
-//! shared name the service records, `messages_published_total{queue}` for
-//! each relayed `data_sync` event, is [`common::metrics::MESSAGES_PUBLISHED`].
+//! `# HELP` text that [`crate::Application::build`] registers. The shared
+//! names the service records are in [`common::metrics`]:
+//! `messages_published_total{queue}` for each relayed `data_sync` event, and
+//! `messages_rejected_total{reason="too_large"}` for each request refused
+//! for its size (gRPC in [`crate::call_layer`]).
 
 use common::metrics::Metric;
 

@@ -8,6 +8,8 @@
 //! - [`publisher`]: [`publisher::TaskPublisher`], persistent publishing that
 //!   returns only once the broker confirmed, with a bounded window of
 //!   unconfirmed messages and reconnection.
+//! - [`preflight`]: at start, a queue of another type than `queue_type`
+//!   stops the service with what to do.
 //!
 //! The producers (task-producer, alert-subscriber) publish with it; the
 //! consumers (task-worker) declare the same topology and read the same
@@ -15,6 +17,7 @@
 //! [`topology::declare_data_sync`].
 
 pub mod connection;
+pub mod preflight;
 pub mod publisher;
 pub mod task;
 pub mod topology;

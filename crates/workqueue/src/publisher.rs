@@ -38,7 +38,7 @@ use std::{
 
 use common::{
     clock::now_millis,
-    codec::{CONTENT_TYPE_HEADER, Codec, CodecError, ContentType},
+    codec::{CONTENT_TYPE_HEADER, Codec, CodecError, ContentType, DEFAULT_MAX_PAYLOAD},
     config::SecretUrl,
     propagation,
     reconnect::{Session, keep_connected},
@@ -86,6 +86,17 @@ pub struct PublisherConfig {
     pub publish_timeout: Duration,
     /// Classic or quorum queues (must match the workers' `queue_type`).
     pub queue_type: QueueType,
+    /// Largest task body sent, in bytes (the service's `max_message_bytes`):
+    /// a larger task is refused with [`PublishError::Encode`] before it
+    /// reaches the broker, so no worker has to dead-letter it.
+    pub max_message_bytes: usize,
+}
+
+impl PublisherConfig {
+    /// The work queue this publisher declares and publishes to.
+    pub fn topology(&self) -> Topology {
+        Topology::new(self.queue.clone()).with_queue_type(self.queue_type)
+    }
 }
 
 impl Default for PublisherConfig {
@@ -98,6 +109,7 @@ impl Default for PublisherConfig {
             max_unconfirmed: 256,
             publish_timeout: Duration::from_secs(5),
             queue_type: QueueType::Classic,
+            max_message_bytes: DEFAULT_MAX_PAYLOAD,
         }
     }
 }
@@ -208,7 +220,7 @@ impl TaskPublisher {
         let closing = CancellationToken::new();
         let inner = Arc::new(Inner {
             window: Semaphore::new(config.max_unconfirmed.max(1)),
-            codec: Codec::default(),
+            codec: Codec::new(config.max_message_bytes),
             link: link_rx,
             connected: connected_rx,
             broken: broken_tx,
@@ -416,7 +428,7 @@ async fn maintain_connection(
     closing: CancellationToken,
 ) {
     let connection = PublisherConnection {
-        topology: Topology::new(config.queue.clone()).with_queue_type(config.queue_type),
+        topology: config.topology(),
         config,
         link,
         connected,

@@ -7,6 +7,7 @@ mod backpressure;
 mod cluster;
 mod helpers;
 mod jetstream;
+mod limits;
 mod metrics;
 mod partitions;
 mod queue_group;

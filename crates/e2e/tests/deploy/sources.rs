@@ -6,7 +6,7 @@
 //! followed and mounted ConfigMaps written to a scratch directory.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     process::Command,
 };
@@ -145,6 +145,9 @@ pub(crate) struct Container {
     /// The command and its arguments.
     pub(crate) command: Vec<String>,
     pub(crate) env: BTreeMap<String, String>,
+    /// The variables of `env` whose value comes from a Secret (`envFrom`
+    /// `secretRef`, `secretKeyRef`): a credential in the environment.
+    pub(crate) secret_variables: BTreeSet<String>,
     pub(crate) mounts: Vec<Mount>,
     /// Declared ports: (name, container port).
     pub(crate) ports: Vec<(Option<String>, u16)>,
@@ -171,6 +174,43 @@ impl Container {
         last.split(':').next() == Some("switchyard")
     }
 
+    /// Where this test reads the file the container sees at `path`: through
+    /// the deepest mount that holds it. `Err` says why the container has no
+    /// such file (no volume there, or the volume lacks it).
+    pub(crate) fn resolve(&self, path: &Path) -> Result<ConfigFile, String> {
+        let mount = self
+            .mounts
+            .iter()
+            .filter(|mount| path.starts_with(&mount.container))
+            .max_by_key(|mount| mount.container.components().count())
+            .ok_or_else(|| {
+                "no volume is mounted there, the container has no such file".to_string()
+            })?;
+        let rest = path.strip_prefix(&mount.container).unwrap_or(Path::new(""));
+        let host = if rest.as_os_str().is_empty() {
+            mount.host.clone()
+        } else {
+            mount.host.join(rest)
+        };
+        let shown_file = match &mount.object {
+            Some(object) => format!("{object} file {}", rest.display()),
+            None => shown(&host),
+        };
+        if !host.is_file() {
+            return Err(format!(
+                "the mounted {} has no such file",
+                match &mount.object {
+                    Some(object) => object.clone(),
+                    None => shown(&mount.host),
+                }
+            ));
+        }
+        Ok(ConfigFile {
+            host,
+            shown: shown_file,
+        })
+    }
+
     /// The config file its program reads (`--config PATH`, else
     /// `CONFIG_FILE`), found through the container's mounts.
     pub(crate) fn config_file(&self) -> Result<Option<ConfigFile>, String> {
@@ -189,37 +229,12 @@ impl Container {
                 None => return Ok(None),
             },
         };
-        let path = PathBuf::from(path);
-        let mount = self
-            .mounts
-            .iter()
-            .filter(|mount| path.starts_with(&mount.container))
-            .max_by_key(|mount| mount.container.components().count())
-            .ok_or_else(|| {
-                format!("{how}: no volume is mounted there, the container has no such file")
-            })?;
-        let rest = path.strip_prefix(&mount.container).unwrap_or(Path::new(""));
-        let host = if rest.as_os_str().is_empty() {
-            mount.host.clone()
-        } else {
-            mount.host.join(rest)
-        };
-        let described = match &mount.object {
-            Some(object) => format!("{object} file {} ({how})", rest.display()),
-            None => format!("{} ({how})", shown(&host)),
-        };
-        if !host.is_file() {
-            return Err(format!(
-                "{how}: the mounted {} has no such file",
-                match &mount.object {
-                    Some(object) => object.clone(),
-                    None => shown(&mount.host),
-                }
-            ));
-        }
+        let file = self
+            .resolve(Path::new(&path))
+            .map_err(|why| format!("{how}: {why}"))?;
         Ok(Some(ConfigFile {
-            host,
-            shown: described,
+            shown: format!("{} ({how})", file.shown),
+            ..file
         }))
     }
 }
@@ -444,13 +459,15 @@ fn placeholder(variable: &str) -> String {
     .to_string()
 }
 
-/// The environment of one container: `envFrom` in order, then `env`.
+/// The environment of one container: `envFrom` in order, then `env`; and
+/// which of its variables come from a Secret.
 fn container_env(
     container: &Value,
     context: &[Value],
     problems: &mut Vec<String>,
-) -> BTreeMap<String, String> {
+) -> (BTreeMap<String, String>, BTreeSet<String>) {
     let mut env = BTreeMap::new();
+    let mut from_secrets = BTreeSet::new();
     for source in container["envFrom"].as_array().into_iter().flatten() {
         let prefix = source["prefix"].as_str().unwrap_or_default();
         for (field, kind) in [("configMapRef", "ConfigMap"), ("secretRef", "Secret")] {
@@ -459,11 +476,17 @@ fn container_env(
                 continue;
             };
             match find(context, kind, name) {
-                Some(object) => env.extend(
-                    object_data(object)
-                        .into_iter()
-                        .map(|(key, value)| (format!("{prefix}{key}"), value)),
-                ),
+                Some(object) => {
+                    for (key, value) in object_data(object) {
+                        let variable = format!("{prefix}{key}");
+                        if kind == "Secret" {
+                            from_secrets.insert(variable.clone());
+                        } else {
+                            from_secrets.remove(&variable);
+                        }
+                        env.insert(variable, value);
+                    }
+                }
                 None if reference["optional"] == true => {}
                 None => problems.push(format!("envFrom {kind} {name} is not defined")),
             }
@@ -474,6 +497,11 @@ fn container_env(
             continue;
         };
         let from = &variable["valueFrom"];
+        if from.get("secretKeyRef").is_some() {
+            from_secrets.insert(name.to_string());
+        } else {
+            from_secrets.remove(name);
+        }
         let value = if let Some(value) = variable.get("value") {
             value
                 .as_str()
@@ -511,7 +539,7 @@ fn container_env(
         };
         env.insert(name.to_string(), value);
     }
-    env
+    (env, from_secrets)
 }
 
 fn volume_name(volume: &Value) -> &str {
@@ -595,7 +623,7 @@ pub(crate) fn kubernetes_containers(
         for container in pod_containers(spec) {
             let container_name = container["name"].as_str().unwrap_or_default();
             let mut problems = Vec::new();
-            let env = container_env(container, context, &mut problems);
+            let (env, secret_variables) = container_env(container, context, &mut problems);
             let mut mounts = Vec::new();
             for mount in container["volumeMounts"].as_array().into_iter().flatten() {
                 let (Some(volume_name), Some(path)) =
@@ -631,6 +659,7 @@ pub(crate) fn kubernetes_containers(
                 image: container["image"].as_str().unwrap_or_default().to_string(),
                 command,
                 env,
+                secret_variables,
                 mounts,
                 ports: container["ports"]
                     .as_array()

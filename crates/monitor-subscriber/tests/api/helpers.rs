@@ -36,8 +36,13 @@ pub(crate) struct TestMonitor {
 
 impl TestMonitor {
     pub(crate) async fn start(subjects: &Subjects) -> Self {
+        Self::start_with(subjects, |_| {}).await
+    }
+
+    /// A monitor on `subjects` whose config `change` adjusts first.
+    pub(crate) async fn start_with(subjects: &Subjects, change: impl FnOnce(&mut Config)) -> Self {
         common::telemetry::init_for_tests();
-        let config = Config {
+        let mut config = Config {
             nats_url: SecretUrl::new(nats_url()),
             ops_addr: "127.0.0.1:0".parse().unwrap(),
             subject_prefix: subjects.readings.clone(),
@@ -45,6 +50,7 @@ impl TestMonitor {
             summary_interval: Duration::from_millis(500),
             ..Config::default()
         };
+        change(&mut config);
         let app = Application::build(config).await.unwrap();
         app.wait_until_subscribed().await;
         let shutdown = Shutdown::new();

@@ -195,6 +195,104 @@ async fn a_bad_payload_among_good_ones_is_rejected_counted_and_skipped() {
     monitor.stop().await;
 }
 
+/// `messages_rejected_total{reason="too_large"}` on the monitor's
+/// `/metrics` (0 while absent).
+async fn too_large_count(monitor: &TestMonitor) -> f64 {
+    let (status, metrics) = http_get(monitor.ops_addr, "/metrics").await;
+    assert_eq!(status, 200, "{metrics}");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(r#"messages_rejected_total{reason="too_large"} "#))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn a_reading_over_max_message_bytes_is_counted_and_skipped_unread() {
+    // Arrange
+    let subjects = Subjects::new();
+    let monitor =
+        TestMonitor::start_with(&subjects, |config| config.max_message_bytes = 2048).await;
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let subject = format!("{}.t-1", subjects.readings);
+    let mut big = reading("t-1", 99.0, 2);
+    big.site = Some("x".repeat(4096));
+    let before = too_large_count(&monitor).await;
+
+    // Act: an ordinary reading, one over the limit (Protobuf that would
+    // decode), and an ordinary one again.
+    publish_encoded(
+        &client,
+        subject.clone(),
+        &reading("t-1", 21.0, 1),
+        ContentType::Protobuf,
+    )
+    .await;
+    publish_encoded(&client, subject.clone(), &big, ContentType::Protobuf).await;
+    publish_encoded(
+        &client,
+        subject.clone(),
+        &reading("t-1", 23.0, 3),
+        ContentType::Protobuf,
+    )
+    .await;
+
+    // Assert
+    monitor.wait_for(3).await;
+    let report = monitor.stats.report();
+    assert_eq!((report.totals.readings, report.totals.rejected), (2, 1));
+    let sensor = &report.sensors["t-1"];
+    assert_eq!(
+        (sensor.max, sensor.last),
+        (Some(23.0), 23.0),
+        "99.0 never counted"
+    );
+    let after = too_large_count(&monitor).await;
+    assert!(after > before, "too_large counted: {before} -> {after}");
+    monitor.stop().await;
+}
+
+#[tokio::test]
+async fn a_stats_request_over_max_message_bytes_gets_an_error_and_the_next_one_the_stats() {
+    // Arrange
+    let subjects = Subjects::new();
+    let monitor =
+        TestMonitor::start_with(&subjects, |config| config.max_message_bytes = 2048).await;
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let before = too_large_count(&monitor).await;
+    let ask = |body: Vec<u8>| {
+        let request = client.request(subjects.stats.clone(), body.into());
+        async move {
+            tokio::time::timeout(Duration::from_secs(10), request)
+                .await
+                .expect("an answer, not a timeout")
+                .unwrap()
+        }
+    };
+
+    // Act
+    let refused = ask(vec![b'x'; 4096]).await;
+    let answered = ask(Vec::new()).await;
+
+    // Assert: the error in the headers of the NATS service convention and
+    // in a JSON body; the next request gets the report.
+    let headers = refused.headers.as_ref().expect("error headers");
+    assert_eq!(
+        headers.get("Nats-Service-Error-Code").map(|v| v.as_str()),
+        Some("413")
+    );
+    let error: serde_json::Value = serde_json::from_slice(&refused.payload).unwrap();
+    assert_eq!(error["error"]["code"], "too_large");
+    assert_eq!(
+        error["error"]["message"],
+        "payload of 4096 bytes exceeds the limit of 2048 bytes"
+    );
+    let report: StatsReport = serde_json::from_slice(&answered.payload).unwrap();
+    assert_eq!(report.totals.rejected, 0, "a request is not a reading");
+    let after = too_large_count(&monitor).await;
+    assert!(after > before, "too_large counted: {before} -> {after}");
+    monitor.stop().await;
+}
+
 #[tokio::test]
 async fn stats_answer_over_http_and_nats_request_reply_with_gaps_counted() {
     // Arrange

@@ -141,6 +141,37 @@ async fn json_is_published_when_configured() {
 }
 
 #[tokio::test]
+async fn a_reading_over_max_message_bytes_is_not_sent_but_counted() {
+    // Arrange: a site name that makes every reading larger than the limit.
+    // Running until stopped (its ops port with it), paced.
+    let mut config = config(&nats_url());
+    config.rate_per_sec = 200.0;
+    config.max_message_bytes = 1024;
+    config.fleet.site = Some("x".repeat(2048));
+    let (_client, mut subscriber) = subscribe_below(&nats_url(), &config.subject_prefix).await;
+
+    // Act
+    let running = Running::start(config).await;
+    eventually("8 readings refused", Duration::from_secs(10), || async {
+        (running.counts.unsent.load(Ordering::Relaxed) >= 8).then_some(())
+    })
+    .await;
+    let (_, metrics) = http_get(running.ops_addr, "/metrics").await;
+    let summary = running.stop().await;
+
+    // Assert: none reached NATS, each counted as too large.
+    assert_eq!(summary.published, 0);
+    assert!(summary.unsent >= 8, "{summary:?}");
+    let too_large = metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(r#"readings_unsent_total{reason="too_large"} "#))
+        .map(|value| value.trim().parse::<f64>().unwrap());
+    assert!(too_large >= Some(8.0), "{too_large:?} in\n{metrics}");
+    let nothing = tokio::time::timeout(Duration::from_millis(500), subscriber.next()).await;
+    assert!(nothing.is_err(), "a reading reached nats: {nothing:?}");
+}
+
+#[tokio::test]
 async fn jetstream_mode_stores_every_reading_once_with_a_message_id() {
     // Arrange
     let mut config = config(&nats_url());

@@ -338,6 +338,51 @@ async fn an_oversize_task_is_refused_before_it_reaches_the_broker() {
 }
 
 #[tokio::test]
+async fn a_job_over_max_message_bytes_is_refused_before_anything_is_sent() {
+    // Arrange: tasks of about 4 KiB against a limit of 2 KiB, and the queue
+    // declared, to be found empty.
+    let queues = TestQueues::new(&[]).await;
+    queues.topology.declare(&queues.amqp.channel).await.unwrap();
+    let payload = json!({ "ms": 1, "blob": "x".repeat(4096) }).to_string();
+    let config = task_producer::Config {
+        max_message_bytes: 2048,
+        ..queues.job_config(JobConfig {
+            count: 3,
+            payload: payload.clone(),
+            ..JobConfig::default()
+        })
+    };
+
+    // Act: the binary validates its config at start; a config handed to the
+    // library unvalidated meets the publisher's own check at every publish.
+    let binary = std::process::Command::new(env!("CARGO_BIN_EXE_task-producer"))
+        .env("AMQP_URL", amqp_url())
+        .env("OPS_ADDR", "127.0.0.1:0")
+        .env("SWITCHYARD__MAX_MESSAGE_BYTES", "2048")
+        .env_remove("CONFIG_FILE")
+        .args(["--queue", queues.topology.task_queue(), "--count", "3"])
+        .args(["--payload", &payload])
+        .output()
+        .unwrap();
+    let summary = task_producer::run(config, queues.shutdown.clone())
+        .await
+        .unwrap();
+
+    // Assert
+    assert!(!binary.status.success());
+    let stderr = String::from_utf8_lossy(&binary.stderr);
+    assert!(
+        stderr.contains("job.payload") && stderr.contains("exceeds max_message_bytes = 2048"),
+        "{stderr}"
+    );
+    assert_eq!(
+        (summary.published, summary.confirmed, summary.failed),
+        (3, 0, 3)
+    );
+    assert_eq!(queues.amqp.depth(queues.topology.task_queue()).await, 0);
+}
+
+#[tokio::test]
 async fn a_closed_publisher_refuses_to_publish() {
     // Arrange
     let queues = TestQueues::new(&[]).await;

@@ -61,15 +61,26 @@ fn done(seen: &Mutex<Vec<(Instant, TaskEvent)>>) -> usize {
         .count()
 }
 
-/// The cluster's urls with node `leader` second: the publisher's one
-/// connection moved `connection::connect`'s rotation past the first node of
-/// a list, so the worker's connection lands on the second.
-fn leader_second(cluster: &RabbitCluster, leader: usize) -> String {
+/// The cluster's urls with node `leader` third: the publisher's one
+/// connection moved `connection::connect`'s process-wide rotation past the
+/// first node of a list, the worker's start-up check
+/// (`workqueue::preflight`) takes the second, so the worker's consuming
+/// connection lands on the third.
+fn leader_third(cluster: &RabbitCluster, leader: usize) -> String {
     let size = cluster.size();
     (0..size)
-        .map(|offset| cluster.url((leader + size - 1 + offset) % size))
+        .map(|offset| cluster.url((leader + 2 * size - 2 + offset) % size))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// `step` within `limit`, or the test fails naming `what`: no await of
+/// this test may hang it (a hang once showed nothing of where it was).
+async fn within<T>(what: &str, limit: Duration, step: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, step).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out after {limit:?}: {what}"),
+    }
 }
 
 async fn wait_until(what: &str, within: Duration, mut condition: impl FnMut() -> bool) {
@@ -131,10 +142,20 @@ async fn killing_the_leader_of_a_quorum_work_queue_loses_no_task() {
     );
     // 2 ms each: the kill lands while most of them are still queued.
     let tasks: Vec<Task> = (0..TASKS).map(|_| sleep_task(2)).collect();
-    let results = futures::future::join_all(tasks.iter().map(|t| publisher.publish(t))).await;
+    let results = within(
+        "publishing 10,000 tasks",
+        Duration::from_secs(300),
+        futures::future::join_all(tasks.iter().map(|t| publisher.publish(t))),
+    )
+    .await;
     assert!(results.iter().all(Result::is_ok), "every task confirmed");
     let publish_time = publishing.elapsed();
-    publisher.close().await;
+    within(
+        "closing the publisher",
+        Duration::from_secs(30),
+        publisher.close(),
+    )
+    .await;
     publisher_stop.trigger();
     let published: HashSet<String> = tasks.iter().map(|t| t.id.clone()).collect();
 
@@ -142,12 +163,19 @@ async fn killing_the_leader_of_a_quorum_work_queue_loses_no_task() {
     // kill takes its connection too); kill the leader once it is busy.
     let leader = cluster
         .leader_of(&config.queue)
+        .await
         .expect("the cluster names the queue's leader");
     let worker_config = Config {
-        amqp_url: SecretUrl::new(leader_second(&cluster, leader)),
+        amqp_url: SecretUrl::new(leader_third(&cluster, leader)),
         ..config.clone()
     };
-    let worker = Application::build(worker_config).await.unwrap();
+    let worker = within(
+        "the worker starts",
+        Duration::from_secs(60),
+        Application::build(worker_config),
+    )
+    .await
+    .unwrap();
     let seen = gather(worker.subscribe());
     let shutdown = Shutdown::new();
     let handle = tokio::spawn(worker.run_until_stopped(shutdown.clone()));
@@ -171,7 +199,12 @@ async fn killing_the_leader_of_a_quorum_work_queue_loses_no_task() {
     .await;
     let resumed_after = killed_at.elapsed();
     let done_before_restart = done(&seen);
-    cluster.restart(leader).await;
+    within(
+        "restarting the killed node",
+        Duration::from_secs(120),
+        cluster.restart(leader),
+    )
+    .await;
     wait_until("every task done", Duration::from_secs(300), || {
         done(&seen) >= TASKS
     })
@@ -192,13 +225,16 @@ async fn killing_the_leader_of_a_quorum_work_queue_loses_no_task() {
         },
         publisher_stop.clone(),
     );
-    publisher
-        .connected()
-        .wait_for(|connected| *connected)
-        .await
-        .unwrap();
+    within(
+        "the second publisher connects",
+        Duration::from_secs(60),
+        publisher.connected().wait_for(|connected| *connected),
+    )
+    .await
+    .unwrap();
     let publishers_node = cluster
         .node_serving("task-producer")
+        .await
         .expect("the cluster lists the publisher's connection");
     let more: Vec<Task> = (0..MORE_TASKS).map(|_| sleep_task(2)).collect();
     // In batches with pauses, so the kill lands mid-publish.
@@ -225,14 +261,25 @@ async fn killing_the_leader_of_a_quorum_work_queue_loses_no_task() {
         confirmed_at_kill < MORE_TASKS as u64,
         "the kill came after the last confirm"
     );
-    let results = publishing.await.unwrap();
+    let results = within(
+        "publishing across the node loss",
+        Duration::from_secs(180),
+        publishing,
+    )
+    .await
+    .unwrap();
     let failed = results.iter().filter(|r| r.is_err()).count();
     assert_eq!(
         failed, 0,
         "publishes not confirmed across the loss: {results:?}"
     );
     let resent = publisher.stats().resent();
-    publisher.close().await;
+    within(
+        "closing the publisher",
+        Duration::from_secs(30),
+        publisher.close(),
+    )
+    .await;
     publisher_stop.trigger();
     let published: HashSet<String> = published
         .into_iter()
@@ -245,9 +292,8 @@ async fn killing_the_leader_of_a_quorum_work_queue_loses_no_task() {
     // Whatever the loss hands back late comes now, as a duplicate.
     tokio::time::sleep(Duration::from_secs(2)).await;
     shutdown.trigger();
-    tokio::time::timeout(Duration::from_secs(60), handle)
+    within("the worker stops", Duration::from_secs(60), handle)
         .await
-        .expect("the worker stops")
         .unwrap()
         .unwrap();
 

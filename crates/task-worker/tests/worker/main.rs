@@ -9,6 +9,7 @@ mod helpers;
 mod idempotency;
 mod interop;
 mod notify;
+mod queue_type;
 mod restarts;
 mod retries;
 mod shutdown;

@@ -206,6 +206,61 @@ async fn unknown_kinds_undecodable_and_oversize_bodies_go_to_the_dlq_at_once() {
 }
 
 #[tokio::test]
+async fn a_task_over_max_message_bytes_is_dead_lettered_unread_and_the_next_one_runs() {
+    // Arrange: a sleep task that would run, padded over the worker's limit.
+    let queues = TestQueues::new().await;
+    let config = task_worker::Config {
+        max_message_bytes: 2048,
+        ..queues.config()
+    };
+    let mut worker = TestWorker::start(config).await;
+    let big = task("sleep", json!({"ms": 1, "note": "x".repeat(4096)}));
+    let after = sleep_task(1);
+
+    // Act
+    publish_all(&queues, &[big.clone(), after.clone()], ContentType::Json).await;
+    let events = worker.collect_until(WAIT, |e| e.len() == 2).await;
+
+    // Assert: dead-lettered at once as too_large (so never redelivered), and
+    // the next task done.
+    let outcomes: HashMap<String, (u32, TaskOutcome)> = events
+        .into_iter()
+        .map(|e| (e.task_id, (e.attempt, e.outcome)))
+        .collect();
+    assert_eq!(
+        outcomes[&big.id],
+        (
+            1,
+            TaskOutcome::DeadLettered {
+                reason: "too_large".into()
+            }
+        )
+    );
+    assert_eq!(outcomes[&after.id], (1, TaskOutcome::Done));
+    queues.wait_for_depth(&queues.dlq(), 1).await;
+    let letter = queues.amqp.get(&queues.dlq()).await.unwrap();
+    let properties = &letter.delivery.properties;
+    assert_eq!(header_text(properties, headers::REASON), "too_large");
+    assert!(
+        header_text(properties, headers::ERROR).contains("exceeds the limit of 2048 bytes"),
+        "{properties:?}"
+    );
+    let body: Task = serde_json::from_slice(&letter.delivery.data).unwrap();
+    assert_eq!(body, big, "the original body, untouched");
+    assert_eq!(
+        queues.amqp.depth(&queues.queue).await,
+        0,
+        "nothing redelivered"
+    );
+    let metrics = helpers::ops_get(worker.ops_addr, "/metrics").await;
+    assert!(
+        metrics.contains(r#"messages_rejected_total{reason="too_large"}"#),
+        "{metrics}"
+    );
+    worker.stop().await;
+}
+
+#[tokio::test]
 async fn a_panicking_handler_dead_letters_its_task_and_the_worker_goes_on() {
     // Arrange
     let queues = TestQueues::new().await;

@@ -299,10 +299,14 @@ async fn list_users_pages_through_everyone_in_id_order(db: Db) {
 }
 
 #[tokio::test]
-async fn an_oversize_request_is_refused_and_the_server_keeps_serving() {
+async fn an_oversize_request_is_refused_counted_and_the_server_keeps_serving() {
+    // Arrange
     let app = TestApp::spawn_with(Db::Sqlite, |config| config.max_message_bytes = 4096).await;
     let mut client = app.grpc().await;
+    let too_large = r#"messages_rejected_total{reason="too_large"}"#;
+    let before = series(&app.metrics().await, too_large);
 
+    // Act
     let status = client
         .create_user(CreateUserRequest {
             user_id: "u-big".into(),
@@ -313,9 +317,70 @@ async fn an_oversize_request_is_refused_and_the_server_keeps_serving() {
         .await
         .unwrap_err();
 
+    // Assert: refused before decoding (nothing stored), counted, and the
+    // next call served.
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(
+        status.message().contains("4096"),
+        "names the limit: {status:?}"
+    );
+    let metrics = app.metrics().await;
+    let after = series(&metrics, too_large);
+    assert!(after > before, "too_large counted: {before} -> {after}");
+    let refused = r#"grpc_server_requests_total{method="user.v1.UserService/CreateUser",code="OUT_OF_RANGE"}"#;
+    assert!(series(&metrics, refused) >= 1.0, "{metrics}");
+    let missing = client
+        .get_user(GetUserRequest {
+            user_id: "u-big".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
     app.create_user("u-small", "Small", 1).await;
     app.stop().await;
+}
+
+#[tokio::test]
+async fn bytes_that_are_not_the_requests_protobuf_are_invalid_argument_and_counted() {
+    // Arrange: a client in another language sending a broken frame: field 1
+    // (user_id) announced 127 bytes long, one byte there.
+    let app = TestApp::spawn(Db::Sqlite).await;
+    let undecodable = r#"messages_rejected_total{reason="invalid_protobuf"}"#;
+    let before = series(&app.metrics().await, undecodable);
+    let frame = "\0\0\0\0\x03\x0a\x7fA".to_string();
+    let request = http::Request::post(format!("{}/user.v1.UserService/GetUser", app.grpc_url()))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(frame))
+        .unwrap();
+    let http2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<tonic::body::Body>();
+
+    // Act
+    let response = http2.request(request).await.unwrap();
+
+    // Assert: the caller's mistake, not the server's, counted and logged;
+    // the server serves the next call.
+    let status = tonic::Status::from_header_map(response.headers())
+        .expect("a trailers-only answer carries the status in its headers");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("failed to decode"), "{status:?}");
+    let after = series(&app.metrics().await, undecodable);
+    assert!(
+        after > before,
+        "invalid_protobuf counted: {before} -> {after}"
+    );
+    app.create_user("u-after", "After", 1).await;
+    app.stop().await;
+}
+
+/// The value of `series` (`name{labels}` as rendered) in a `/metrics` page; 0 when absent.
+fn series(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 #[tokio::test]

@@ -161,11 +161,50 @@ async fn json_errors_have_statuses_and_bodies(db: Db) {
             "NOT_FOUND",
             None,
         ),
+        // Not JSON by its content type: 415.
+        (
+            http.post(app.http_url("/v1/users"))
+                .header("content-type", "text/plain")
+                .body(r#"{"user_id": "u-2", "name": "Bob", "age": 20}"#),
+            415,
+            "INVALID_ARGUMENT",
+            None,
+        ),
+        // A known path, a method it does not serve: 405 (with `Allow`).
+        (
+            http.patch(app.http_url("/v1/users/u-1")),
+            405,
+            "UNIMPLEMENTED",
+            None,
+        ),
+        // An id that is not UTF-8 once percent-decoded: 400, as JSON.
+        (
+            http.get(app.http_url("/v1/users/%FF")),
+            400,
+            "INVALID_ARGUMENT",
+            None,
+        ),
+        // A number that is not a whole one.
+        (
+            http.post(app.http_url("/v1/users"))
+                .json(&json!({"user_id": "u-2", "name": "Bob", "age": 20.5})),
+            400,
+            "INVALID_ARGUMENT",
+            None,
+        ),
     ];
     for (request, status, code, field) in cases {
         let response = request.send().await.unwrap();
         let url = response.url().to_string();
         assert_eq!(response.status().as_u16(), status, "{url}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/json",
+            "{url}"
+        );
+        if status == 405 {
+            assert_eq!(response.headers()["allow"], "GET,HEAD,PUT,DELETE", "{url}");
+        }
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["error"]["code"], code, "{url}: {body}");
         assert!(
@@ -190,7 +229,9 @@ async fn json_requests_are_bounded_in_size_and_time() {
     let http = reqwest::Client::new();
     app.create_user("u-1", "Alice", 30).await;
 
-    // Too large: 413 with the JSON error body, nothing stored.
+    // Too large: 413 with the JSON error body, counted, nothing stored.
+    let too_large = r#"messages_rejected_total{reason="too_large"}"#;
+    let before = series(&app.metrics().await, too_large);
     let response = http
         .post(app.http_url("/v1/users"))
         .json(&json!({"user_id": "u-big", "name": "x".repeat(10_000), "age": 1}))
@@ -199,7 +240,32 @@ async fn json_requests_are_bounded_in_size_and_time() {
         .unwrap();
     assert_eq!(response.status(), 413);
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "INVALID_ARGUMENT");
+    // The gRPC code of the same refusal.
+    assert_eq!(body["error"]["code"], "OUT_OF_RANGE");
+    // Other tests of this binary may count their own at the same time: at
+    // least this one.
+    let after = series(&app.metrics().await, too_large);
+    assert!(
+        after > before,
+        "{too_large}: {before} before, {after} after"
+    );
+    let response = http
+        .get(app.http_url("/v1/users/u-big"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+
+    // A whole number written as a float is a whole number (JSON Schema's
+    // `integer`, which the OpenAPI document promises).
+    let response = http
+        .post(app.http_url("/v1/users"))
+        .json(&json!({"user_id": "u-float", "name": "Flo", "age": 30.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.json::<UserJson>().await.unwrap().age, 30);
 
     // Too slow (the table is locked by another client): 504.
     let lock = app.db.lock_users().await;
@@ -214,4 +280,12 @@ async fn json_requests_are_bounded_in_size_and_time() {
     assert_eq!(body["error"]["code"], "DEADLINE_EXCEEDED");
     lock.release().await;
     app.stop().await;
+}
+
+/// The value of one series in the Prometheus text (0 when absent).
+fn series(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
 }
