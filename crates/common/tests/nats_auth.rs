@@ -131,6 +131,19 @@ fn log_lines_with(needle: &str) -> Vec<String> {
 }
 
 /// Waits until the client gives a reason for not being connected.
+/// Publishes `text` on a subject of its own through `client` and asserts it
+/// comes back to a subscription of the same client within 10 s.
+async fn assert_carries_a_message(client: &async_nats::Client, text: &'static str) {
+    let subject = format!("test.{}.carried", unique());
+    let mut subscription = client.subscribe(subject.clone()).await.unwrap();
+    client.publish(subject, text.into()).await.unwrap();
+    let message = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+        .await
+        .expect("the message crossed the connection")
+        .unwrap();
+    assert_eq!(&message.payload[..], text.as_bytes());
+}
+
 async fn problem_of(watch: &ConnectionWatch) -> String {
     let watch = watch.clone();
     eventually(
@@ -166,16 +179,9 @@ async fn nkey_over_mutual_tls_carries_a_message_end_to_end() {
     )
     .await
     .unwrap();
-    let subject = format!("test.{}.tls", unique());
-    let mut subscription = client.subscribe(subject.clone()).await.unwrap();
-    client.publish(subject, "over tls".into()).await.unwrap();
-    let message = tokio::time::timeout(Duration::from_secs(10), subscription.next())
-        .await
-        .expect("the message crossed the tls connection")
-        .unwrap();
 
     // Assert
-    assert_eq!(&message.payload[..], b"over tls");
+    assert_carries_a_message(&client, "over tls").await;
     assert!(readiness.is_ready());
     assert_eq!(watch.problem(), None);
 }
@@ -198,16 +204,9 @@ async fn user_and_password_in_a_tls_url_carry_a_message_end_to_end() {
     )
     .await
     .unwrap();
-    let subject = format!("test.{}.password", unique());
-    let mut subscription = client.subscribe(subject.clone()).await.unwrap();
-    client.publish(subject, "hello".into()).await.unwrap();
-    let message = tokio::time::timeout(Duration::from_secs(10), subscription.next())
-        .await
-        .expect("the message crossed the tls connection")
-        .unwrap();
 
     // Assert
-    assert_eq!(&message.payload[..], b"hello");
+    assert_carries_a_message(&client, "hello").await;
     assert!(readiness.is_ready());
 }
 
@@ -510,16 +509,9 @@ async fn creds_of_a_user_the_operator_trusts_carry_a_message_end_to_end() {
     )
     .await
     .unwrap();
-    let subject = format!("test.{}.creds", unique());
-    let mut subscription = client.subscribe(subject.clone()).await.unwrap();
-    client.publish(subject, "signed in".into()).await.unwrap();
-    let message = tokio::time::timeout(Duration::from_secs(10), subscription.next())
-        .await
-        .expect("the message crossed the authenticated connection")
-        .unwrap();
 
     // Assert
-    assert_eq!(&message.payload[..], b"signed in");
+    assert_carries_a_message(&client, "signed in").await;
     assert!(readiness.is_ready());
     assert_eq!(watch.problem(), None);
 }
