@@ -3,6 +3,12 @@
 //! `RESULT scenario=<name> value=<x> unit=<u> baseline=<y> ratio=<x/y>`: one
 //! line per figure, machine-readable, so scripts/bench.sh and CI logs can be
 //! grepped for the numbers the README quotes.
+//!
+//! A figure measured over several rounds (ours and raw alternating, so a
+//! slow minute of a shared machine hits both) also keeps the spread of the
+//! per-round ratios: `SPREAD scenario=<name> rounds=<n> min=<r> max=<r>`,
+//! printed just before its `RESULT` line. A median ratio of 0.95 with a
+//! spread of 0.93–0.97 is a result; with 0.70–1.20 it is noise.
 
 use std::fmt::Write as _;
 
@@ -17,6 +23,8 @@ pub struct Figure {
     pub unit: String,
     /// The raw client's measurement.
     pub baseline: f64,
+    /// The per-round ratios, when measured over rounds.
+    pub round_ratios: Vec<f64>,
 }
 
 impl Figure {
@@ -32,6 +40,55 @@ impl Figure {
             value,
             unit: unit.into(),
             baseline,
+            round_ratios: Vec::new(),
+        }
+    }
+
+    /// A figure from rounds measured in pairs (`ours[i]` beside `raw[i]`):
+    /// the median of each side, and the ratio of every pair for the spread.
+    pub fn from_rounds(
+        scenario: impl Into<String>,
+        unit: impl Into<String>,
+        ours: &[f64],
+        raw: &[f64],
+    ) -> Self {
+        let mut figure = Figure::new(
+            scenario,
+            median(ours.iter().copied()),
+            unit,
+            median(raw.iter().copied()),
+        );
+        figure.round_ratios = ours
+            .iter()
+            .zip(raw)
+            .filter(|(_, raw)| **raw != 0.0)
+            .map(|(ours, raw)| ours / raw)
+            .collect();
+        figure
+    }
+
+    /// The lowest and highest per-round ratio, when there were rounds.
+    pub fn spread(&self) -> Option<(f64, f64)> {
+        let min = self.round_ratios.iter().copied().reduce(f64::min)?;
+        let max = self.round_ratios.iter().copied().reduce(f64::max)?;
+        Some((min, max))
+    }
+
+    /// The `SPREAD ...` line, when there were rounds.
+    pub fn spread_line(&self) -> Option<String> {
+        let (min, max) = self.spread()?;
+        Some(format!(
+            "SPREAD scenario={} rounds={} min={min:.3} max={max:.3}",
+            self.scenario,
+            self.round_ratios.len()
+        ))
+    }
+
+    /// The `SPREAD` line (if any) and then the `RESULT` line.
+    pub fn report_lines(&self) -> String {
+        match self.spread_line() {
+            Some(spread) => format!("{spread}\n{}", self.result_line()),
+            None => self.result_line(),
         }
     }
 
@@ -116,6 +173,20 @@ mod tests {
             line,
             "RESULT scenario=codec value=50 unit=ns baseline=200 ratio=0.250"
         );
+    }
+
+    #[test]
+    fn rounds_give_medians_and_the_spread_of_their_ratios() {
+        let figure = Figure::from_rounds("x", "msg/s", &[90.0, 100.0, 80.0], &[100.0, 100.0, 100.0]);
+        assert_eq!(figure.value, 90.0);
+        assert_eq!(figure.baseline, 100.0);
+        assert_eq!(figure.spread(), Some((0.8, 1.0)));
+        assert_eq!(
+            figure.report_lines(),
+            "SPREAD scenario=x rounds=3 min=0.800 max=1.000\n\
+             RESULT scenario=x value=90 unit=msg/s baseline=100 ratio=0.900"
+        );
+        assert_eq!(Figure::new("y", 1.0, "u", 2.0).spread_line(), None);
     }
 
     #[test]

@@ -107,31 +107,42 @@ pub(crate) async fn run(mut args: Args) -> anyhow::Result<()> {
     let body = Codec::default().encode(&sleep_task(), ContentType::Protobuf)?;
     let mut figures = Vec::new();
 
-    // Raw and ours alternate round by round so that background load on the
-    // machine hits both alike; the median round of each is reported.
+    // Raw and ours alternate round by round, the one going first swapping
+    // each round, so that background load on the machine (and a queue's
+    // warm-up) hits both alike; the median round of each is reported.
     let (mut raw, mut ours) = (Vec::new(), Vec::new());
-    for _ in 0..args.rounds {
+    for round in 0..args.rounds {
+        if round % 2 == 1 {
+            ours.push(spawned(our_publish(args.clone())).await?);
+        }
         raw.push(spawned(raw_publish(args.clone(), body.to_vec())).await?);
-        ours.push(spawned(our_publish(args.clone())).await?);
+        if round % 2 == 0 {
+            ours.push(spawned(our_publish(args.clone())).await?);
+        }
     }
-    figures.push(Figure::new(
+    figures.push(Figure::from_rounds(
         format!("{name}.publish"),
-        median(ours),
         "msg/s",
-        median(raw),
+        &ours,
+        &raw,
     ));
 
     for prefetch in [1u16, 100] {
         let (mut raw, mut ours) = (Vec::new(), Vec::new());
-        for _ in 0..args.rounds {
+        for round in 0..args.rounds {
+            if round % 2 == 1 {
+                ours.push(our_consume(&args, prefetch).await?);
+            }
             raw.push(spawned(raw_consume(args.clone(), prefetch)).await?);
-            ours.push(our_consume(&args, prefetch).await?);
+            if round % 2 == 0 {
+                ours.push(our_consume(&args, prefetch).await?);
+            }
         }
-        figures.push(Figure::new(
+        figures.push(Figure::from_rounds(
             format!("{name}.consume.prefetch{prefetch}"),
-            median(ours),
             "msg/s",
-            median(raw),
+            &ours,
+            &raw,
         ));
     }
 
@@ -141,13 +152,19 @@ pub(crate) async fn run(mut args: Args) -> anyhow::Result<()> {
         "switchyard".into(),
         "raw lapin".into(),
         "ratio".into(),
+        "spread".into(),
     ]];
     for figure in &figures {
+        let spread = figure
+            .spread()
+            .map(|(min, max)| format!("{min:.3}–{max:.3}"))
+            .unwrap_or_default();
         rows.push(vec![
             figure.scenario.clone(),
             format!("{} {}", number(figure.value), figure.unit),
             format!("{} {}", number(figure.baseline), figure.unit),
             format!("{:.3}", figure.ratio()),
+            spread,
         ]);
     }
     println!("{}", table(&rows));
@@ -162,7 +179,7 @@ pub(crate) async fn run(mut args: Args) -> anyhow::Result<()> {
         1.0 / 11.0,
     ));
     for figure in &figures {
-        println!("{}", figure.result_line());
+        println!("{}", figure.report_lines());
     }
     Ok(())
 }

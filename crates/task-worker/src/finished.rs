@@ -9,6 +9,15 @@
 //! worker process is caught by [`crate::shared_finished`] when Redis is
 //! configured, and otherwise only if the work itself is idempotent, which is
 //! why `notify` is keyed by alert id downstream.
+//!
+//! Two copies of one task can also be in the same process *at once*: a
+//! publisher that lost its connection before the confirm sends the task
+//! again, and both copies reach the queue. Looking up finished ids alone
+//! would let both run side by side (neither is finished yet), so a task is
+//! claimed while it runs ([`FinishedTasks::claim`]) and a second copy that
+//! arrives meanwhile is a duplicate too. Acking that copy is safe: the
+//! running one ends done, re-routed to a retry tier, dead-lettered, or
+//! (aborted with its connection) handed back by the broker.
 
 use std::{
     collections::{HashSet, VecDeque},
@@ -30,6 +39,22 @@ struct Inner {
     ids: HashSet<Arc<str>>,
     /// The same ids, oldest first, for eviction.
     order: VecDeque<Arc<str>>,
+    /// Ids of the tasks running now (claimed, not yet released).
+    running: HashSet<Arc<str>>,
+}
+
+/// A task claimed as running in this process; released when dropped.
+#[derive(Debug)]
+#[must_use = "the claim is released when dropped"]
+pub struct Claim {
+    tasks: FinishedTasks,
+    id: Arc<str>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.tasks.lock().running.remove(&self.id);
+    }
 }
 
 impl FinishedTasks {
@@ -40,6 +65,7 @@ impl FinishedTasks {
                 capacity: capacity.max(1),
                 ids: HashSet::new(),
                 order: VecDeque::new(),
+                running: HashSet::new(),
             })),
         }
     }
@@ -47,6 +73,21 @@ impl FinishedTasks {
     /// `true` if `id` finished recently.
     pub fn contains(&self, id: &str) -> bool {
         self.lock().ids.contains(id)
+    }
+
+    /// Claims `id` as running in this process: `None` when it finished
+    /// recently or another copy of it is running now (a duplicate).
+    pub fn claim(&self, id: &str) -> Option<Claim> {
+        let mut inner = self.lock();
+        if inner.ids.contains(id) || inner.running.contains(id) {
+            return None;
+        }
+        let id: Arc<str> = Arc::from(id);
+        inner.running.insert(id.clone());
+        Some(Claim {
+            tasks: self.clone(),
+            id,
+        })
     }
 
     /// Records `id` as finished; `false` if it already was.
@@ -97,5 +138,18 @@ mod tests {
         assert!(!finished.contains("a"), "the oldest is evicted");
         assert!(finished.contains("b") && finished.contains("c"));
         assert_eq!(finished.len(), 2);
+    }
+
+    #[test]
+    fn a_running_task_is_claimed_once_until_released() {
+        let finished = FinishedTasks::new(8);
+        let claim = finished.claim("a").expect("nothing runs yet");
+        assert!(finished.claim("a").is_none(), "a copy while it runs");
+        assert!(finished.claim("b").is_some(), "other ids are free");
+        drop(claim);
+        let again = finished.claim("a").expect("released: e.g. the run failed");
+        finished.insert("a");
+        drop(again);
+        assert!(finished.claim("a").is_none(), "finished: a duplicate");
     }
 }

@@ -214,8 +214,11 @@ async fn handle(
         outcome,
     };
 
-    if context.finished.contains(&task.id) || context.shared_finished.contains(&task.id).await {
-        debug!("task already done, acking the redelivery");
+    // Held until this delivery is settled: a second copy arriving meanwhile
+    // is a duplicate (see `finished`).
+    let claim = context.finished.claim(&task.id);
+    if claim.is_none() || context.shared_finished.contains(&task.id).await {
+        debug!("task already done or running, acking the copy");
         delivery.acker.ack(BasicAckOptions::default()).await?;
         metrics::counter!(TASKS_DUPLICATES).increment(1);
         let _ = context.events.send(event(TaskOutcome::Duplicate));

@@ -28,10 +28,9 @@ use futures::{StreamExt, stream::FuturesUnordered};
 use lapin::{
     Connection,
     options::{BasicQosOptions, ConfirmSelectOptions},
-    types::ShortString,
 };
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::info;
 use workqueue::topology::{declare_data_sync_as, declare_data_sync_dead_letters};
 
 use crate::{
@@ -85,11 +84,14 @@ pub(crate) async fn run(
     };
     let scope = shutdown.scope();
     let mut consumers = Consumers::new();
-    if let Err(error) = start(shared, &connection, &scope, &mut consumers).await {
+    let started = workqueue::connection::set_up(
+        "declaring the topology and starting the consumers",
+        start(shared, &connection, &scope, &mut consumers),
+    )
+    .await;
+    if let Err(error) = started {
         scope.abort();
-        let _ = connection
-            .close(200, ShortString::from("setup failed"))
-            .await;
+        workqueue::connection::close(&connection, "setup failed").await;
         return Err(error);
     }
     info!(
@@ -130,17 +132,13 @@ pub(crate) async fn run(
                     "unacked tasks go back to the queue for another worker"
                 );
             }
-            if let Err(error) = connection.close(200, ShortString::from("shutdown")).await {
-                warn!(error = %error, "closing the connection");
-            }
+            workqueue::connection::close(&connection, "shutdown").await;
             info!("task worker stopped");
         }
         Session::Lost(_) => {
             // keep_connected logs the reason with its reconnect delay.
             scope.abort();
-            let _ = connection
-                .close(200, ShortString::from("reconnecting"))
-                .await;
+            workqueue::connection::close(&connection, "reconnecting").await;
         }
     }
     Ok(end)

@@ -15,6 +15,8 @@
 //! Every wait is bounded (a boot, a `rabbitmqctl` call), so a node that
 //! stops answering fails the test instead of hanging it.
 
+use std::time::Duration;
+
 use crate::RabbitNode;
 
 /// A RabbitMQ cluster of the test's own on free ports, killed and deleted
@@ -119,6 +121,28 @@ impl RabbitCluster {
             return self.nodes.iter().position(|node| node.port == port);
         }
         None
+    }
+
+    /// Waits until losing node `index` would leave every quorum queue with
+    /// a majority of its members online (`rabbitmq-queues
+    /// check_if_node_is_quorum_critical`), as an operator checks before
+    /// taking a node down; `Err` with the tool's last answer after `limit`.
+    ///
+    /// A node that was just restarted accepts AMQP before its queue members
+    /// are back: killing another node then is the loss of two, and the
+    /// queues that lost their majority nack every publish until one returns.
+    pub async fn await_quorum_without(&self, index: usize, limit: Duration) -> Result<(), String> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let answer = self.nodes[index]
+                .cli("rabbitmq-queues", &["check_if_node_is_quorum_critical"])
+                .await;
+            match answer {
+                Ok(_) => return Ok(()),
+                Err(why) if tokio::time::Instant::now() >= deadline => return Err(why),
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
     }
 
     /// SIGKILLs node `index` (its Erlang VM and everything it started):

@@ -190,17 +190,23 @@ impl RabbitNode {
     /// `rabbitmqctl -n <node> <args>` on a blocking thread, at most
     /// `CTL_DEADLINE`; the standard output, or why it failed.
     pub(crate) async fn ctl(&self, args: &[&str]) -> Result<String, String> {
-        let mut command = Command::new("rabbitmqctl");
+        self.cli("rabbitmqctl", args).await
+    }
+
+    /// One of RabbitMQ's CLI tools (`rabbitmqctl`, `rabbitmq-queues`, ...)
+    /// with `-n <node> --timeout 20 <args>`, as [`RabbitNode::ctl`].
+    pub(crate) async fn cli(&self, tool: &str, args: &[&str]) -> Result<String, String> {
+        let mut command = Command::new(tool);
         command
             .args(["-n", &self.name, "--timeout", "20"])
             .args(args)
             .stdin(Stdio::null());
-        let what = format!("rabbitmqctl -n {} {}", self.name, args.join(" "));
+        let what = format!("{tool} -n {} {}", self.name, args.join(" "));
         let run = tokio::task::spawn_blocking(move || command.output());
         let output = match tokio::time::timeout(CTL_DEADLINE, run).await {
             Err(_) => return Err(format!("{what}: no answer in {CTL_DEADLINE:?}")),
             Ok(joined) => joined
-                .expect("the rabbitmqctl thread does not panic")
+                .expect("the CLI thread does not panic")
                 .map_err(|e| format!("{what}: {e}"))?,
         };
         if output.status.success() {

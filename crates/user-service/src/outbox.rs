@@ -138,10 +138,7 @@ impl OutboxRelay {
         let outcome = self.relay(&link, &mut lease, &mut changes, stop).await;
         // Closing politely lets the broker flush; errors here only mean the
         // connection is gone already.
-        let _ = link
-            .connection
-            .close(200, "outbox relay stopping".into())
-            .await;
+        workqueue::connection::close(&link.connection, "outbox relay stopping").await;
         Ok(match outcome {
             Ok(()) => Session::Finished,
             // Events wait in the outbox meanwhile.
@@ -203,15 +200,26 @@ impl OutboxRelay {
             "user-service",
         )
         .await?;
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        declare_data_sync_as(&channel, &self.settings.queue, self.settings.queue_type).await?;
-        Ok(AmqpLink {
-            connection,
-            channel,
+        let prepared = workqueue::connection::set_up("declaring the data_sync queue", async {
+            let channel = connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            declare_data_sync_as(&channel, &self.settings.queue, self.settings.queue_type).await?;
+            Ok::<_, lapin::Error>(channel)
         })
+        .await;
+        match prepared {
+            Ok(channel) => Ok(AmqpLink {
+                connection,
+                channel,
+            }),
+            Err(error) => {
+                // A half-set-up connection would otherwise linger on the broker.
+                workqueue::connection::close(&connection, "setup failed").await;
+                Err(error)
+            }
+        }
     }
 
     /// Publishes batches until `stop` (then drains what is pending) or a

@@ -17,6 +17,17 @@
 //! [`common::reconnect::keep_connected`], so after a node dies the next
 //! session lands on a survivor, and when all are down the backoff applies.
 //!
+//! What follows the connection (channels, topology, consumers) goes through
+//! [`set_up`]: a node that accepted the connection but cannot answer (a
+//! restarted member still syncing, a queue whose leader is being elected)
+//! fails the attempt after [`SETUP_TIMEOUT`] instead of holding the session,
+//! and the reconnect loop moves on to the next node.
+//!
+//! Closing goes through [`close`], bounded by [`CLOSE_TIMEOUT`]: lapin waits
+//! for the broker's `close-ok`, and on a connection whose node died before
+//! lapin noticed, that answer never comes (a task-worker once waited there
+//! for minutes instead of reconnecting).
+//!
 //! Used by the task publisher (task-producer, alert-subscriber), the
 //! task-worker and user-service's outbox relay.
 
@@ -32,13 +43,20 @@ use common::{
 use lapin::{
     Connection, ConnectionProperties,
     tcp::{OwnedIdentity, OwnedTLSConfig},
-    types::LongString,
+    types::{LongString, ShortString},
 };
 
 /// How long one node of the list may take to accept a connection before
 /// the next one is tried (a node that died without closing its sockets
 /// would otherwise hold the failover for the TCP timeout).
 const NODE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the set-up of a new connection (channels, declarations,
+/// consumers) may take before the attempt is given up.
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long closing a connection may take (the broker's `close-ok`).
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where the next [`connect`] starts in a list of nodes: one past the node
 /// that answered last, so a reconnect after a node loss tries a survivor
@@ -105,6 +123,33 @@ pub async fn connect(
             "amqp_url lists no node",
         ))
     }))
+}
+
+/// `step` (the set-up of a new connection), failed with a timeout error
+/// naming `what` when it takes longer than [`SETUP_TIMEOUT`].
+pub async fn set_up<T>(
+    what: &str,
+    step: impl std::future::Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, lapin::Error> {
+    match tokio::time::timeout(SETUP_TIMEOUT, step).await {
+        Ok(result) => result,
+        Err(_) => Err(invalid(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{what}: no answer from the broker in {SETUP_TIMEOUT:?}"),
+        ))),
+    }
+}
+
+/// Closes `connection` politely (so the broker flushes and forgets it at
+/// once), giving up after [`CLOSE_TIMEOUT`]; an error only means the
+/// connection is gone already, so it is logged at debug, never returned.
+pub async fn close(connection: &Connection, reason: &str) {
+    let closing = connection.close(200, ShortString::from(reason));
+    match tokio::time::timeout(CLOSE_TIMEOUT, closing).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::debug!(error = %error, "closing a broken AMQP connection"),
+        Err(_) => tracing::debug!("no close-ok in {CLOSE_TIMEOUT:?}, dropping the AMQP connection"),
+    }
 }
 
 /// The config check of a service with `amqp_url` and `amqp_tls`: TLS files

@@ -81,6 +81,6 @@ pub async fn refuse_mismatched_queues(
             }
         }
     }
-    let _ = connection.close(200, "start-up check done".into()).await;
+    connection::close(&connection, "start-up check done").await;
     outcome
 }

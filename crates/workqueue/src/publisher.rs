@@ -68,6 +68,14 @@ const PERSISTENT: u8 = 2;
 /// struggling (disk or memory alarm), so hammering it does not help.
 const NACK_PAUSE: Duration = Duration::from_millis(50);
 
+/// How long one message may be nacked on one channel before the channel is
+/// given up for a new connection. A quorum queue's client state lives in
+/// the channel, and a channel that first published while the queue was
+/// electing a leader can go on nacking after the new leader is up (seen on
+/// RabbitMQ 3.10 after a node loss: every publish nacked for minutes, while
+/// a new channel to the same queue was confirmed at once).
+const NACKED_CHANNEL_LIMIT: Duration = Duration::from_secs(5);
+
 /// Settings of a [`TaskPublisher`].
 #[derive(Debug, Clone)]
 pub struct PublisherConfig {
@@ -338,6 +346,8 @@ impl TaskPublisher {
             .await
             .map_err(|_| PublishError::Closed)?;
         let mut first = true;
+        // The link this message was first nacked on, and when.
+        let mut nacked_on: Option<(u64, tokio::time::Instant)> = None;
         loop {
             let link = self.current_link().await?;
             if !first {
@@ -372,8 +382,23 @@ impl TaskPublisher {
                 }
                 Ok(Confirmation::Nack(_)) => {
                     *last_error = "the broker nacked the message".into();
-                    debug!("task nacked, sending again");
-                    tokio::time::sleep(NACK_PAUSE).await;
+                    let now = tokio::time::Instant::now();
+                    let since = match nacked_on {
+                        Some((generation, since)) if generation == link.generation => since,
+                        _ => nacked_on.insert((link.generation, now)).1,
+                    };
+                    if now.duration_since(since) >= NACKED_CHANNEL_LIMIT {
+                        warn!(
+                            queue = %inner.config.queue,
+                            nacked_for_ms = now.duration_since(since).as_millis() as u64,
+                            "every send nacked on this channel, reconnecting"
+                        );
+                        let _ = inner.broken.send(link.generation);
+                        self.wait_for_new_link(link.generation).await?;
+                    } else {
+                        debug!("task nacked, sending again");
+                        tokio::time::sleep(NACK_PAUSE).await;
+                    }
                 }
                 Ok(Confirmation::NotRequested) => {
                     // Cannot happen on a channel in confirm mode; treat the
@@ -515,10 +540,12 @@ impl PublisherConnection {
         self.connected.send_replace(false);
         // Channel first: closing the connection under an open channel makes
         // lapin log a spurious error.
-        let _ = channel.close(200, ShortString::from("bye")).await;
-        if let Err(error) = connection.close(200, ShortString::from("bye")).await {
-            debug!(error = %error, "closing a broken connection");
-        }
+        let _ = tokio::time::timeout(
+            crate::connection::CLOSE_TIMEOUT,
+            channel.close(200, ShortString::from("bye")),
+        )
+        .await;
+        crate::connection::close(&connection, "bye").await;
         Ok(match ended {
             // After the shutdown signal a lost connection is not replaced.
             Session::Lost(reason) if stop.is_cancelled() => {
@@ -536,22 +563,20 @@ async fn connect(
 ) -> Result<(Connection, Channel), lapin::Error> {
     let connection =
         crate::connection::connect(&config.amqp_url, &config.amqp_tls, "task-producer").await?;
-    let prepared = async {
+    let prepared = crate::connection::set_up("declaring the work queue", async {
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         topology.declare_work_queue(&channel).await?;
         Ok::<_, lapin::Error>(channel)
-    }
+    })
     .await;
     match prepared {
         Ok(channel) => Ok((connection, channel)),
         Err(error) => {
             // A half-set-up connection would otherwise linger on the broker.
-            let _ = connection
-                .close(200, ShortString::from("setup failed"))
-                .await;
+            crate::connection::close(&connection, "setup failed").await;
             Err(error)
         }
     }

@@ -236,6 +236,13 @@ async fn killing_the_leader_of_a_quorum_work_queue_loses_no_task() {
         .node_serving("task-producer")
         .await
         .expect("the cluster lists the publisher's connection");
+    // One node lost at a time: the one restarted above must have its queue
+    // members back before the next goes (otherwise this is the loss of two
+    // of three, and the queue nacks every publish until one returns).
+    cluster
+        .await_quorum_without(publishers_node, Duration::from_secs(120))
+        .await
+        .expect("the restarted node's queue members are back");
     let more: Vec<Task> = (0..MORE_TASKS).map(|_| sleep_task(2)).collect();
     // In batches with pauses, so the kill lands mid-publish.
     let publishing = {
