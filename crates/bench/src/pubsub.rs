@@ -42,7 +42,7 @@ use std::{
 use std::future::IntoFuture as _;
 
 use anyhow::Context as _;
-use bench::report::{Figure, median, number, table};
+use bench::report::{Figure, number, table};
 use common::{
     codec::{CONTENT_TYPE_HEADER, Codec, ContentType},
     config::SecretUrl,
@@ -69,7 +69,7 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 100)]
     sensors: usize,
     /// Core rounds (raw and ours); each side's median round is reported.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     rounds: u32,
     /// Unpaced runs per round, raw and ours; the best is the round's (for
     /// ours the best without gaps).
@@ -83,7 +83,7 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 100_000)]
     jetstream_messages: u64,
     /// JetStream rounds (ours and raw, order alternating); medians are reported.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     jetstream_rounds: u32,
     /// PubAcks awaited at once in JetStream mode (ours and the raw client's).
     #[arg(long, default_value_t = 256)]
@@ -92,6 +92,11 @@ pub(crate) struct Args {
     /// `--nats-url`.
     #[arg(long)]
     cluster: bool,
+    /// Run only one part, to profile it (e.g. under callgrind): the core
+    /// rounds, the JetStream rounds, or one JetStream side (the other side
+    /// then reads 0).
+    #[arg(long, value_enum)]
+    only: Option<Only>,
     /// Where subscribers connect (`--cluster`: another node than the
     /// publishers'); `--nats-url` otherwise.
     #[arg(skip)]
@@ -101,7 +106,31 @@ pub(crate) struct Args {
     replicas: usize,
 }
 
+/// The parts of the scenario `--only` can select.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Only {
+    Core,
+    Jetstream,
+    JetstreamOurs,
+    JetstreamRaw,
+}
+
 impl Args {
+    /// Whether the core rounds run.
+    fn runs_core(&self) -> bool {
+        matches!(self.only, None | Some(Only::Core))
+    }
+
+    /// Whether the JetStream rounds run ours (`.0`) and raw (`.1`).
+    fn runs_jetstream(&self) -> (bool, bool) {
+        match self.only {
+            None | Some(Only::Jetstream) => (true, true),
+            Some(Only::JetstreamOurs) => (true, false),
+            Some(Only::JetstreamRaw) => (false, true),
+            Some(Only::Core) => (false, false),
+        }
+    }
+
     fn subscriber_url(&self) -> &str {
         self.subscriber_url.as_deref().unwrap_or(&self.nats_url)
     }
@@ -142,7 +171,8 @@ pub(crate) async fn run(mut args: Args) -> anyhow::Result<()> {
 
     let mut raw_rates = Vec::new();
     let mut our_rates = Vec::new();
-    for round in 1..=args.rounds {
+    let core_rounds = if args.runs_core() { args.rounds } else { 0 };
+    for round in 1..=core_rounds {
         println!("core round {round}:");
         let mut raw_best: f64 = 0.0;
         for run in 1..=args.raw_runs {
@@ -159,19 +189,24 @@ pub(crate) async fn run(mut args: Args) -> anyhow::Result<()> {
         println!("  ours: {clean:.0} msg/s without gaps");
         our_rates.push(clean);
     }
-    let raw_rate = median(raw_rates);
-    let best_clean = median(our_rates);
+    let core = Figure::from_rounds(name, "msg/s", &our_rates, &raw_rates);
+    let (raw_rate, best_clean) = (core.baseline, core.value);
 
     let mut js_ours = Vec::new();
     let mut js_raw = Vec::new();
-    for round in 1..=args.jetstream_rounds {
+    let jetstream_rounds = match args.runs_jetstream() {
+        (false, false) => 0,
+        _ => args.jetstream_rounds,
+    };
+    for round in 1..=jetstream_rounds {
         println!("jetstream round {round}:");
         let (ours, raw) =
             jetstream(&args, &format!("{run_id}_{round}"), &sample, round % 2 == 0).await?;
         js_ours.push(ours);
         js_raw.push(raw);
     }
-    let (js_ours, js_raw) = (median(js_ours), median(js_raw));
+    let jetstream = Figure::from_rounds(format!("{name}.jetstream"), "msg/s", &js_ours, &js_raw);
+    let (js_ours, js_raw) = (jetstream.value, jetstream.baseline);
 
     let mut rows = vec![vec!["path".to_string(), "msg/s".into(), "note".into()]];
     rows.push(vec![
@@ -202,20 +237,8 @@ pub(crate) async fn run(mut args: Args) -> anyhow::Result<()> {
     ]);
     print!("{}", table(&rows));
 
-    println!(
-        "{}",
-        Figure::new(name, best_clean.round(), "msg/s", raw_rate.round()).result_line()
-    );
-    println!(
-        "{}",
-        Figure::new(
-            format!("{name}.jetstream"),
-            js_ours.round(),
-            "msg/s",
-            js_raw.round()
-        )
-        .result_line()
-    );
+    println!("{}", core.report_lines());
+    println!("{}", jetstream.report_lines());
     Ok(())
 }
 
@@ -543,16 +566,28 @@ async fn jetstream(
     common::nats::ensure_replicated_sensor_stream(&js, &stream, &prefix, args.replicas)
         .await
         .context("cannot create the bench stream")?;
+    let (run_ours, run_raw) = args.runs_jetstream();
     let result = async {
+        let raw = async {
+            if run_raw {
+                jetstream_raw(args, &client, &prefix, run_id, sample).await
+            } else {
+                Ok(0.0)
+            }
+        };
+        let ours = async {
+            if run_ours {
+                jetstream_ours(args, &stream, &prefix).await
+            } else {
+                Ok(0.0)
+            }
+        };
         let (ours, raw) = if raw_first {
-            let raw = jetstream_raw(args, &client, &prefix, run_id, sample).await?;
-            (jetstream_ours(args, &stream, &prefix).await?, raw)
+            let raw = raw.await?;
+            (ours.await?, raw)
         } else {
-            let ours = jetstream_ours(args, &stream, &prefix).await?;
-            (
-                ours,
-                jetstream_raw(args, &client, &prefix, run_id, sample).await?,
-            )
+            let ours = ours.await?;
+            (ours, raw.await?)
         };
         anyhow::Ok((ours, raw))
     }

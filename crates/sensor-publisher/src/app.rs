@@ -9,7 +9,8 @@
 //!    the readings stream (retried with backoff through [`until_connected`]
 //!    until it works or the shutdown signal fires);
 //! 2. publishes readings from the [`Fleet`] at the [`Pacer`]'s rate until
-//!    `count` went out or the signal fires;
+//!    `count` went out or the signal fires, settling PubAcks (JetStream)
+//!    while it waits for the next reading;
 //! 3. reports not ready, gives outstanding PubAcks `shutdown_grace` (what is
 //!    still unconfirmed then is abandoned and counted as unsent), drains the
 //!    NATS client, stops the ops endpoint and returns what was published.
@@ -128,11 +129,9 @@ impl Application {
             return Ok(counts.summary());
         }
         let mut publisher = match config.mode {
-            DeliveryMode::Core => {
-                ReadingPublisher::core(client.clone(), settings, counts.clone(), &shutdown)
-            }
+            DeliveryMode::Core => ReadingPublisher::core(client.clone(), settings, counts.clone()),
             DeliveryMode::Jetstream => {
-                ReadingPublisher::jetstream(client.clone(), settings, counts.clone(), &shutdown)
+                ReadingPublisher::jetstream(client.clone(), settings, counts.clone())
             }
         };
         tracing::info!(
@@ -152,9 +151,17 @@ impl Application {
                 break;
             }
             if pacer.next_due().is_some() {
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = pacer.wait() => {}
+                // PubAcks that come in between readings are settled meanwhile.
+                let stopped = publisher
+                    .settle_while(async {
+                        tokio::select! {
+                            () = shutdown.cancelled() => true,
+                            () = pacer.wait() => false,
+                        }
+                    })
+                    .await;
+                if stopped {
+                    break;
                 }
             } else {
                 pacer.wait().await;

@@ -11,8 +11,7 @@
 use common::metrics::Metric;
 
 /// Readings given up on (label `reason`: `disconnected`, `publish_error`,
-/// `timeout`, `retries_exhausted`, `encode`, `too_large`, `confirmer_gone`,
-/// `shutdown`).
+/// `timeout`, `retries_exhausted`, `encode`, `too_large`, `shutdown`).
 pub const READINGS_UNSENT: &str = "readings_unsent_total";
 /// JetStream publishes sent again after a timeout or an error.
 pub const JETSTREAM_PUBLISH_RETRIES: &str = "jetstream_publish_retries_total";

@@ -14,11 +14,15 @@
 //!   counted as published only once its PubAck arrived, and a timed-out or
 //!   failed publish is sent again with the same id, with backoff (a resend
 //!   of one message, not a reconnect: the NATS client reconnects on its own).
+//!   The PubAcks are settled by the publishing task itself ([`pubacks`]):
+//!   when the window is full, and in [`ReadingPublisher::settle_while`]
+//!   while it waits for the next reading.
 //!
-//! On shutdown, [`ReadingPublisher::finish`] drains the PubAcks still
-//! awaited (and the client's buffer) within a grace period; its tasks are a
-//! [`Shutdown::scope`] of the service, so what is left after the grace is
-//! aborted and counted as unsent.
+//! On shutdown, [`ReadingPublisher::finish`] waits for the PubAcks still
+//! awaited (and the client's buffer) within a grace period; what is still
+//! unconfirmed then is abandoned and counted as unsent.
+
+mod pubacks;
 
 use std::{
     sync::{
@@ -32,11 +36,7 @@ use async_nats::{
     HeaderMap, HeaderName, HeaderValue, Subject,
     connection::State,
     header::NATS_MESSAGE_ID,
-    jetstream::{
-        self,
-        context::{PublishAckFuture, PublishErrorKind},
-        message::PublishMessage,
-    },
+    jetstream::{self, message::PublishMessage},
 };
 use bytes::{Bytes, BytesMut};
 use common::{
@@ -45,15 +45,12 @@ use common::{
     nats::CONTENT_TYPE,
     propagation::{TRACEPARENT, inject_nats_if_traced},
     proto::sensor::v1::SensorReading,
-    retry::RetryPolicy,
-    shutdown::{Drained, Shutdown},
 };
-use futures::{StreamExt as _, stream::FuturesUnordered};
 use metrics::Counter;
 use rand::Rng;
-use tokio::sync::mpsc;
 
-use crate::metrics::{JETSTREAM_PUBLISH_DUPLICATES, JETSTREAM_PUBLISH_RETRIES, READINGS_UNSENT};
+use self::pubacks::PubAcks;
+use crate::metrics::READINGS_UNSENT;
 
 /// Built once, like [`CONTENT_TYPE`]: parsing a `&str` name per message is not free.
 const TRACE_PARENT: HeaderName = HeaderName::from_static(TRACEPARENT);
@@ -132,17 +129,11 @@ pub struct PublisherSettings {
 pub struct ReadingPublisher {
     settings: PublisherSettings,
     client: async_nats::Client,
-    /// Shared by every pending PubAck: one reference count, not a clone of
-    /// the context's many handles per reading.
-    jetstream: Option<Arc<jetstream::Context>>,
+    /// JetStream mode: the context and the readings awaiting their PubAck.
+    jetstream: Option<PubAcks>,
     codec: Codec,
     counts: Arc<PublishCounts>,
     published_metric: Counter,
-    /// Hands each sent reading's PubAck to the confirmer task (JetStream).
-    confirmer: Option<Confirmer>,
-    /// The confirmer and the final flush: drained, then aborted, by
-    /// [`ReadingPublisher::finish`].
-    in_flight: Shutdown,
     /// Subject of each sensor, by fleet index (cheap to clone).
     subjects: Vec<Option<Subject>>,
     /// The `Content-Type` value of every reading.
@@ -151,62 +142,21 @@ pub struct ReadingPublisher {
     buffer: BytesMut,
 }
 
-/// A boxed wait for one reading's PubAck, retries included.
-type PendingAck = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
-
-/// One task that awaits every outstanding PubAck at once. Cheaper than a task
-/// per reading, and bounded by the context's in-flight window: each pending
-/// PubAck holds one of its permits.
-#[derive(Debug)]
-struct Confirmer {
-    /// Dropping it lets the task end once every PubAck is in.
-    pending: mpsc::UnboundedSender<PendingAck>,
-    /// PubAcks still awaited, retries included.
-    outstanding: Arc<AtomicU64>,
-}
-
-impl Confirmer {
-    /// Spawns the task in `in_flight`.
-    fn start(in_flight: &Shutdown) -> Self {
-        let (pending, mut receiver) = mpsc::unbounded_channel::<PendingAck>();
-        in_flight.spawn(async move {
-            let mut waiting = FuturesUnordered::new();
-            loop {
-                tokio::select! {
-                    next = receiver.recv() => match next {
-                        Some(ack) => waiting.push(ack),
-                        None => break,
-                    },
-                    Some(()) = waiting.next(), if !waiting.is_empty() => {}
-                }
-            }
-            while waiting.next().await.is_some() {}
-        });
-        Confirmer {
-            pending,
-            outstanding: Arc::default(),
-        }
-    }
-}
-
 impl ReadingPublisher {
-    /// A core-NATS publisher; its final flush runs in a scope of `shutdown`.
+    /// A core-NATS publisher.
     pub fn core(
         client: async_nats::Client,
         settings: PublisherSettings,
         counts: Arc<PublishCounts>,
-        shutdown: &Shutdown,
     ) -> Self {
-        Self::new(client, None, settings, counts, shutdown.scope())
+        Self::new(client, settings, counts)
     }
 
-    /// A JetStream publisher; the stream must exist. Its PubAcks are awaited
-    /// in a scope of `shutdown`.
+    /// A JetStream publisher; the stream must exist.
     pub fn jetstream(
         client: async_nats::Client,
         settings: PublisherSettings,
         counts: Arc<PublishCounts>,
-        shutdown: &Shutdown,
     ) -> Self {
         let context = jetstream::ContextBuilder::new()
             .timeout(settings.publish_timeout)
@@ -214,19 +164,22 @@ impl ReadingPublisher {
             // Wait for a free slot instead of failing: the window is the backpressure.
             .backpressure_on_inflight(true)
             .build(client.clone());
-        let in_flight = shutdown.scope();
-        let confirmer = Confirmer::start(&in_flight);
-        let mut publisher = Self::new(client, Some(Arc::new(context)), settings, counts, in_flight);
-        publisher.confirmer = Some(confirmer);
+        let mut publisher = Self::new(client, settings, counts);
+        publisher.jetstream = Some(PubAcks::new(
+            context,
+            publisher.settings.ack_window,
+            publisher.counts.clone(),
+            publisher.published_metric.clone(),
+            publisher.content_type.clone(),
+            publisher.settings.max_publish_attempts,
+        ));
         publisher
     }
 
     fn new(
         client: async_nats::Client,
-        jetstream: Option<Arc<jetstream::Context>>,
         settings: PublisherSettings,
         counts: Arc<PublishCounts>,
-        in_flight: Shutdown,
     ) -> Self {
         let published_metric = metrics::counter!(
             MESSAGES_PUBLISHED,
@@ -237,12 +190,10 @@ impl ReadingPublisher {
         ReadingPublisher {
             settings,
             client,
-            jetstream,
+            jetstream: None,
             codec,
             counts,
             published_metric,
-            confirmer: None,
-            in_flight,
             subjects: Vec::new(),
             content_type: HeaderValue::from(content_type),
             buffer: BytesMut::new(),
@@ -250,8 +201,10 @@ impl ReadingPublisher {
     }
 
     /// Publishes one reading of the sensor at fleet index `sensor`. In
-    /// JetStream mode this returns once the reading is sent and its PubAck is
-    /// being awaited in the background.
+    /// JetStream mode this returns once the reading is sent; its PubAck is
+    /// settled later: by this when the window is full (in sending order),
+    /// by [`ReadingPublisher::settle_while`] or by
+    /// [`ReadingPublisher::finish`].
     pub async fn publish(
         &mut self,
         sensor: usize,
@@ -267,19 +220,35 @@ impl ReadingPublisher {
                 unsent(&self.counts, reason);
             })?;
         let subject = self.subject(sensor, &reading.sensor_id);
-        let headers = reading_headers(self.content_type.clone());
-        match self.jetstream.clone() {
-            None => self.publish_core(subject, headers, payload).await,
-            Some(context) => {
-                let message_id = HeaderValue::from(format!(
-                    "{}-{}-{}",
-                    self.settings.publisher_id, reading.sensor_id, reading.seq
-                ));
-                self.publish_jetstream(context, subject, headers, message_id, payload)
-                    .await;
-            }
-        }
+        let mut headers = reading_headers(self.content_type.clone());
+        let Some(pubacks) = &mut self.jetstream else {
+            self.publish_core(subject, headers, payload).await;
+            return Ok(());
+        };
+        let message_id = HeaderValue::from(format!(
+            "{}-{}-{}",
+            self.settings.publisher_id, reading.sensor_id, reading.seq
+        ));
+        // Kept for a resend: the header values, not a copy of the whole map.
+        let outgoing = OutgoingReading {
+            subject,
+            traceparent: headers.get(TRACEPARENT).cloned(),
+            message_id: message_id.clone(),
+            payload: payload.clone(),
+        };
+        headers.insert(NATS_MESSAGE_ID, message_id);
+        let message = PublishMessage::build().payload(payload).headers(headers);
+        pubacks.send(outgoing, message).await;
         Ok(())
+    }
+
+    /// Runs `wait` (the wait for the next reading) while the PubAcks that
+    /// come in meanwhile are settled (JetStream; core mode just waits).
+    pub async fn settle_while<F: Future>(&mut self, wait: F) -> F::Output {
+        match &mut self.jetstream {
+            Some(pubacks) => pubacks.settle_while(wait).await,
+            None => wait.await,
+        }
     }
 
     /// Encodes a reading. Protobuf goes into a shared buffer that is split
@@ -348,75 +317,32 @@ impl ReadingPublisher {
         }
     }
 
-    async fn publish_jetstream(
-        &mut self,
-        context: Arc<jetstream::Context>,
-        subject: Subject,
-        mut headers: HeaderMap,
-        message_id: HeaderValue,
-        payload: Bytes,
-    ) {
-        // Kept for a resend: the header values, not a copy of the whole map.
-        let message = OutgoingReading {
-            subject,
-            content_type: self.content_type.clone(),
-            traceparent: headers.get(TRACEPARENT).cloned(),
-            message_id: message_id.clone(),
-            payload,
-        };
-        headers.insert(NATS_MESSAGE_ID, message_id);
-        // The first send happens here, in reading order; only retries may
-        // reach the stream out of order.
-        let first = context
-            .send_publish(
-                message.subject.clone(),
-                PublishMessage::build()
-                    .payload(message.payload.clone())
-                    .headers(headers),
-            )
-            .await;
-        let Some(confirmer) = &self.confirmer else {
-            return;
-        };
-        let confirmation = Confirmation {
-            context,
-            message,
-            counts: self.counts.clone(),
-            published_metric: self.published_metric.clone(),
-            max_attempts: self.settings.max_publish_attempts,
-        };
-        let outstanding = confirmer.outstanding.clone();
-        outstanding.fetch_add(1, Ordering::Relaxed);
-        let wait = async move {
-            confirmation.run(first).await;
-            outstanding.fetch_sub(1, Ordering::Relaxed);
-        };
-        if confirmer.pending.send(Box::pin(wait)).is_err() {
-            // Only if the confirmer died; the reading's fate is unknown.
-            tracing::error!("pubacks can no longer be awaited");
-            unsent(&self.counts, "confirmer_gone");
-        }
-    }
-
-    /// Waits for every outstanding PubAck (JetStream) and for the client's
-    /// flush, at most `grace`; what is still unconfirmed then is aborted and
-    /// counted as unsent (`reason="shutdown"`).
+    /// Waits for every outstanding PubAck (JetStream: resends included)
+    /// and for the client's flush, at most `grace`; what is still
+    /// unconfirmed then is abandoned and counted as unsent
+    /// (`reason="shutdown"`).
     pub async fn finish(&mut self, grace: Duration) {
-        let outstanding = self
-            .confirmer
-            .as_ref()
-            .map(|confirmer| confirmer.outstanding.clone());
-        // Dropping the sender lets the confirmer end once every PubAck is in.
-        self.confirmer = None;
-        let client = self.client.clone();
-        self.in_flight.spawn(async move {
-            if let Err(error) = client.flush().await {
+        let flush = async {
+            if let Err(error) = self.client.flush().await {
                 tracing::warn!(%error, "flush failed");
             }
-        });
-        if let Drained::TimedOut(_) = self.in_flight.drain(grace).await {
-            let left = outstanding.map_or(0, |left| left.load(Ordering::Relaxed));
-            tracing::warn!(left, "grace period over, abandoning unconfirmed readings");
+        };
+        let settled = async {
+            if let Some(pubacks) = &mut self.jetstream {
+                pubacks.settle_all().await;
+            }
+        };
+        let drained = tokio::time::timeout(grace, futures::future::join(flush, settled)).await;
+        let left = match (drained, &mut self.jetstream) {
+            (Err(_elapsed), Some(pubacks)) => pubacks.abandon() as u64,
+            _ => 0,
+        };
+        if left > 0 {
+            tracing::warn!(
+                left,
+                grace_ms = grace.as_millis() as u64,
+                "grace period over, abandoning unconfirmed readings"
+            );
             self.counts.unsent.fetch_add(left, Ordering::Relaxed);
             metrics::counter!(READINGS_UNSENT, "reason" => "shutdown").increment(left);
         }
@@ -468,7 +394,6 @@ fn push_hex(out: &mut String, bytes: &[u8]) {
 #[derive(Debug)]
 struct OutgoingReading {
     subject: Subject,
-    content_type: HeaderValue,
     traceparent: Option<HeaderValue>,
     message_id: HeaderValue,
     payload: Bytes,
@@ -476,9 +401,9 @@ struct OutgoingReading {
 
 impl OutgoingReading {
     /// The same message again: same headers, same `Nats-Msg-Id`.
-    fn build(&self) -> PublishMessage {
+    fn build(&self, content_type: &HeaderValue) -> PublishMessage {
         let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, self.content_type.clone());
+        headers.insert(CONTENT_TYPE, content_type.clone());
         if let Some(traceparent) = &self.traceparent {
             headers.insert(TRACE_PARENT, traceparent.clone());
         }
@@ -486,70 +411,6 @@ impl OutgoingReading {
         PublishMessage::build()
             .payload(self.payload.clone())
             .headers(headers)
-    }
-}
-
-/// Awaits one reading's PubAck, sending it again (same `Nats-Msg-Id`) until
-/// the stream has it or the attempts run out.
-struct Confirmation {
-    context: Arc<jetstream::Context>,
-    message: OutgoingReading,
-    counts: Arc<PublishCounts>,
-    published_metric: Counter,
-    max_attempts: u32,
-}
-
-impl Confirmation {
-    async fn run(self, first: Result<PublishAckFuture, jetstream::context::PublishError>) {
-        let policy = RetryPolicy {
-            base_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(2),
-            max_attempts: self.max_attempts,
-            max_elapsed: None,
-        };
-        let mut delays = policy.backoff();
-        let mut sent = first;
-        loop {
-            let outcome = match sent {
-                Ok(ack) => ack.await,
-                Err(error) => Err(error),
-            };
-            let error = match outcome {
-                Ok(ack) => {
-                    if ack.duplicate {
-                        self.counts.duplicates.fetch_add(1, Ordering::Relaxed);
-                        metrics::counter!(JETSTREAM_PUBLISH_DUPLICATES).increment(1);
-                    }
-                    self.counts.published.fetch_add(1, Ordering::Relaxed);
-                    self.published_metric.increment(1);
-                    return;
-                }
-                Err(error) => error,
-            };
-            let retryable = !matches!(error.kind(), PublishErrorKind::MaxPayloadExceeded);
-            match delays.next().filter(|_| retryable) {
-                Some(delay) => {
-                    tracing::warn!(
-                        %error,
-                        subject = %self.message.subject,
-                        delay_ms = delay.as_millis() as u64,
-                        "publish not acknowledged, sending again"
-                    );
-                    self.counts.retried.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!(JETSTREAM_PUBLISH_RETRIES).increment(1);
-                    tokio::time::sleep(delay).await;
-                    sent = self
-                        .context
-                        .send_publish(self.message.subject.clone(), self.message.build())
-                        .await;
-                }
-                None => {
-                    tracing::error!(%error, subject = %self.message.subject, "reading not stored, giving up");
-                    unsent(&self.counts, "retries_exhausted");
-                    return;
-                }
-            }
-        }
     }
 }
 

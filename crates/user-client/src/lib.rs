@@ -6,7 +6,12 @@
 //! - **One deadline per logical call** (`ClientConfig::timeout`): every
 //!   attempt and every backoff sleep fit inside it. Each attempt sends the
 //!   time left as `grpc-timeout`, so the server stops working when the
-//!   caller has stopped waiting.
+//!   caller has stopped waiting. The call's own timer bounds the whole
+//!   call: tonic's channel arms its `grpc-timeout` timer only once the
+//!   request reaches a ready connection, so while the channel connects
+//!   (a blackholed address, a TLS handshake that never completes; queued
+//!   calls each wait for a connect attempt of their own) only this timer
+//!   ends the call (`tests/never_ready.rs`).
 //! - **Retries only where safe**: `UNAVAILABLE` for every call (the server
 //!   or its database is down, nothing was done), `DEADLINE_EXCEEDED` only
 //!   for reads (Get, List), with [`RetryPolicy`]'s exponential backoff and
@@ -33,7 +38,7 @@
 use std::{
     future::Future,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::Duration,
 };
 
@@ -375,32 +380,42 @@ impl UserClient {
             otel.kind = "client"
         );
         let deadline = Instant::now() + self.timeout;
-        let last_error: Mutex<Option<String>> = Mutex::new(None);
-        let attempts = std::sync::atomic::AtomicU32::new(0);
-        let (attempt, last_error_ref, attempts_ref) = (&attempt, &last_error, &attempts);
-        let operation = move || async move {
-            attempts_ref.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let outcome = self.attempt(deadline, attempt).await;
-            if let Err(error) = &outcome {
-                *last_error_ref.lock().unwrap_or_else(|e| e.into_inner()) = Some(error.to_string());
+        let mut attempts: u32 = 0;
+        let mut last_error: Option<String> = None;
+        let retried = async {
+            let mut delays = self.retry.backoff();
+            loop {
+                attempts += 1;
+                let error = match self.attempt(deadline, &attempt).await {
+                    Ok(value) => return Ok(value),
+                    Err(error) => AttemptError { error, read },
+                };
+                let delay = if error.is_retryable() {
+                    delays.next()
+                } else {
+                    None
+                };
+                let Some(delay) = delay else {
+                    return Err(error.error);
+                };
+                tracing::warn!(%error, delay_ms = delay.as_millis() as u64, "retrying");
+                last_error = Some(error.to_string());
+                tokio::time::sleep(delay).await;
             }
-            outcome.map_err(|error| AttemptError { error, read })
         };
-        let retried = tokio::time::timeout_at(deadline, self.retry.retry(operation));
-        match retried.instrument(span).await {
-            Ok(outcome) => outcome.map_err(|attempt| attempt.error),
-            Err(_elapsed) => {
-                let last = last_error
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take()
-                    .unwrap_or_else(|| "no answer".to_string());
-                Err(ClientError::DeadlineExceeded(format!(
-                    "{method} gave up after {} ms and {} attempt(s); last error: {last}",
-                    self.timeout.as_millis(),
-                    attempts.load(std::sync::atomic::Ordering::Relaxed)
-                )))
-            }
+        // The one timer of our own: it bounds the whole call, waiting for a
+        // connection included (the channel's timer starts only once the
+        // request is handed to a ready connection).
+        match tokio::time::timeout_at(deadline, retried)
+            .instrument(span)
+            .await
+        {
+            Ok(outcome) => outcome,
+            Err(_elapsed) => Err(ClientError::DeadlineExceeded(format!(
+                "{method} gave up after {} ms and {attempts} attempt(s); last error: {}",
+                self.timeout.as_millis(),
+                last_error.as_deref().unwrap_or("no answer")
+            ))),
         }
     }
 

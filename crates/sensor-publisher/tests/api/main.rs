@@ -305,3 +305,123 @@ async fn jetstream_mode_loses_nothing_it_reported_as_sent_across_a_restart() {
     );
     assert!(summary.retried > 0, "the outage forced retries");
 }
+
+#[tokio::test]
+async fn a_paced_reading_is_confirmed_while_the_publisher_waits_for_the_next() {
+    // Arrange: one reading every 3 s, so the second is far off.
+    let mut config = config(&nats_url());
+    config.mode = DeliveryMode::Jetstream;
+    config.rate_per_sec = 1.0 / 3.0;
+    config.count = 2;
+    let _cleanup = StreamGuard {
+        url: nats_url(),
+        name: config.stream.clone(),
+    };
+    let (_client, mut subscriber) = subscribe_below(&nats_url(), &config.subject_prefix).await;
+    let running = Running::start(config).await;
+    let counts = running.counts.clone();
+
+    // Act: the first reading goes out.
+    tokio::time::timeout(Duration::from_secs(20), subscriber.next())
+        .await
+        .expect("the first reading");
+
+    // Assert: its PubAck is settled during the pacing wait, not when the
+    // next reading is published 3 s later.
+    eventually(
+        "the first PubAck settled",
+        Duration::from_secs(1),
+        || async { (counts.published.load(Ordering::Relaxed) == 1).then_some(()) },
+    )
+    .await;
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn jetstream_mode_accounts_for_every_reading_through_an_outage() {
+    // Arrange: few attempts and short PubAck timeouts, so that an outage
+    // makes readings run out of attempts.
+    let mut server = NatsServer::start().await;
+    let mut config = config(&server.url());
+    config.mode = DeliveryMode::Jetstream;
+    config.rate_per_sec = 300.0;
+    config.count = 1_500;
+    config.publish_timeout = Duration::from_millis(300);
+    config.max_publish_attempts = 2;
+    let stream = config.stream.clone();
+    let running = Running::start(config).await;
+    let counts = running.counts.clone();
+    eventually("readings acknowledged", Duration::from_secs(20), || async {
+        (counts.published.load(Ordering::Relaxed) > 100).then_some(())
+    })
+    .await;
+
+    // Act: an outage long enough for readings to be given up on.
+    server.kill();
+    eventually("readings given up on", Duration::from_secs(20), || async {
+        (counts.unsent.load(Ordering::Relaxed) > 0).then_some(())
+    })
+    .await;
+    server.restart().await;
+
+    // Assert: every reading ends up acknowledged or counted as unsent.
+    eventually("every reading settled", Duration::from_secs(60), || async {
+        let summary = counts.summary();
+        (summary.published + summary.unsent == 1_500).then_some(())
+    })
+    .await;
+    let summary = running.stop().await;
+    assert_eq!(summary.published + summary.unsent, 1_500, "{summary:?}");
+    assert!(summary.unsent > 0 && summary.retried > 0, "{summary:?}");
+    let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let (stored, _) = stored_readings(&js, &stream).await;
+    assert!(
+        stored.len() as u64 >= summary.published,
+        "stored {} < published {}",
+        stored.len(),
+        summary.published
+    );
+    assert!(
+        stored.values().all(|times| *times == 1),
+        "a duplicate was stored"
+    );
+}
+
+#[tokio::test]
+async fn a_jetstream_publisher_stopped_during_an_outage_stops_within_its_grace() {
+    // Arrange: more readings being resent than the window holds (each has
+    // 20 attempts: far longer than the grace) when the stop comes.
+    let mut server = NatsServer::start().await;
+    let mut config = config(&server.url());
+    config.mode = DeliveryMode::Jetstream;
+    config.rate_per_sec = 200.0;
+    config.ack_window = 16;
+    config.publish_timeout = Duration::from_millis(300);
+    config.shutdown_grace = Duration::from_secs(1);
+    let running = Running::start(config).await;
+    let counts = running.counts.clone();
+    eventually("readings acknowledged", Duration::from_secs(20), || async {
+        (counts.published.load(Ordering::Relaxed) > 50).then_some(())
+    })
+    .await;
+    server.kill();
+    eventually("resends", Duration::from_secs(20), || async {
+        (counts.retried.load(Ordering::Relaxed) > 32).then_some(())
+    })
+    .await;
+
+    // Act
+    let started = std::time::Instant::now();
+    let summary = tokio::time::timeout(Duration::from_secs(10), running.stop())
+        .await
+        .expect("the publisher stops within its grace and a PubAck timeout");
+
+    // Assert: what was still unconfirmed is counted as unsent.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(summary.unsent > 0, "{summary:?}");
+    server.restart().await;
+}
