@@ -10,20 +10,26 @@
 //!   but the health service, called through the generated client: the cost
 //!   of one unary tonic call that does no work.
 //!
-//! - Also shown: `GetUser` with the service's read cache off (a second
-//!   instance on the same database: every call reads the database),
-//!   `GetUser` through the bare generated client (the client library's cost
-//!   is the difference) and `Health/Check` on user-service itself (the raw
-//!   call plus our call layer, without the database).
+//! - A cache miss: `GetUser` with the service's read cache off (a second
+//!   instance on the same database: every call reads the database).
+//! - PostgreSQL: the same two instances on a PostgreSQL database of their
+//!   own, created on `--postgres-url`'s server and dropped afterwards
+//!   (`--no-postgres` leaves them out).
+//! - Also shown: `GetUser` through the bare generated client (the client
+//!   library's cost is the difference) and `Health/Check` on user-service
+//!   itself (the raw call plus our call layer, without the database).
 //!
 //! Each case runs at concurrency 1 and 32 (`--concurrency`) over one shared
 //! HTTP/2 channel, `--requests` timed calls after `--warmup` untimed ones;
-//! latencies go into an HDR histogram (µs). `--rounds` rounds alternate raw
-//! and ours; each figure is the median round (the machine is shared).
-//! RESULT lines: requests/s and p99 per concurrency; the requests/s ratio at
-//! the highest concurrency comes last.
+//! latencies go into an HDR histogram (µs). `--rounds` rounds run every case
+//! in turn; each figure is the median round (the machine is shared), its
+//! `SPREAD` line the range of the per-round ratios to raw.
+//! RESULT lines, each against raw Health/Check at the same concurrency: p99
+//! per concurrency; at the highest concurrency `grpc.getuser.nocache`,
+//! `grpc.getuser.postgres` and `grpc.getuser.postgres.nocache` (req/s);
+//! then requests/s per concurrency, the highest last.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use bench::report::{Figure, median, number, table};
@@ -35,6 +41,7 @@ use common::{
     shutdown::Shutdown,
 };
 use hdrhistogram::Histogram;
+use sqlx::Connection as _;
 use tokio::{net::TcpListener, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint, server::TcpIncoming};
@@ -66,6 +73,13 @@ pub(crate) struct Args {
     /// The service's database pool size.
     #[arg(long, default_value_t = 10)]
     db_max_connections: u32,
+    /// The PostgreSQL server (any database on it) the PostgreSQL cases
+    /// create their database on (and drop it afterwards).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    postgres_url: String,
+    /// Leave out the PostgreSQL cases.
+    #[arg(long)]
+    no_postgres: bool,
     /// RabbitMQ for the service's outbox relay (the seeded users' events go
     /// to a queue of their own, deleted afterwards).
     #[arg(
@@ -76,16 +90,7 @@ pub(crate) struct Args {
     amqp_url: String,
 }
 
-/// The median of each figure over rounds.
-fn median_of(rounds: &[Measured]) -> Measured {
-    Measured {
-        requests_per_s: median(rounds.iter().map(|m| m.requests_per_s)),
-        p50_us: median(rounds.iter().map(|m| m.p50_us)),
-        p99_us: median(rounds.iter().map(|m| m.p99_us)),
-    }
-}
-
-/// One case's figures.
+/// One round's figures of one case.
 #[derive(Debug, Clone, Copy)]
 struct Measured {
     requests_per_s: f64,
@@ -107,56 +112,140 @@ async fn measure_all(args: Args) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}/users.db", scratch.display()));
     let queue = format!("bench.data_sync.{}", uuid::Uuid::new_v4().simple());
+    let postgres = if args.no_postgres {
+        None
+    } else {
+        Some(ScratchPostgres::create(&args.postgres_url).await?)
+    };
 
-    let service = UserServiceUnderTest::start(
-        &database_url,
-        args.db_max_connections,
-        &args.amqp_url,
-        &queue,
-        true,
-    )
-    .await?;
-    // A second instance on the same database with the read cache off: what
-    // every GetUser costs when it goes to the database.
-    let uncached = UserServiceUnderTest::start(
-        &database_url,
-        args.db_max_connections,
-        &args.amqp_url,
-        &queue,
-        false,
-    )
-    .await?;
-    let raw = RawHealthServer::start().await?;
-    let outcome = compare(&args, &service, &uncached, &raw).await;
+    let outcome = async {
+        let pair = ServicePair::start(&args, &database_url, &queue).await?;
+        let postgres_pair = match &postgres {
+            Some(db) => Some(ServicePair::start(&args, &db.url, &queue).await?),
+            None => None,
+        };
+        let raw = RawHealthServer::start().await?;
+        let outcome = compare(&args, &pair, postgres_pair.as_ref(), &raw).await;
+        raw.stop().await;
+        if let Some(postgres_pair) = postgres_pair {
+            postgres_pair.stop().await;
+        }
+        pair.stop().await;
+        outcome
+    }
+    .await;
 
-    raw.stop().await;
-    uncached.stop().await;
-    service.stop().await;
+    if let Some(db) = postgres {
+        db.drop_database().await;
+    }
     delete_queue(&args.amqp_url, &queue).await;
     let _ = std::fs::remove_dir_all(&scratch);
     outcome
 }
 
+/// One call of a case: `call(n)` is the `n`th call of a load.
+type Call =
+    Arc<dyn Fn(u32) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> + Send + Sync>;
+
+fn call<F, Fut>(f: F) -> Call
+where
+    F: Fn(u32) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    Arc::new(move |n| Box::pin(f(n)))
+}
+
+/// One call measured: its row in the table and, when it has a `RESULT`
+/// line of its own, that line's scenario.
+struct Case {
+    label: &'static str,
+    /// The `RESULT` scenario of its requests/s at the highest concurrency.
+    scenario: Option<&'static str>,
+    call: Call,
+}
+
+/// Where [`cases`] puts raw Health/Check and GetUser via UserClient.
+const RAW: usize = 0;
+const OURS: usize = 1;
+
+/// Every call measured, raw first ([`RAW`], [`OURS`]); seeds the users
+/// `ids` on both databases first.
+async fn cases(
+    ids: &Arc<Vec<String>>,
+    pair: &ServicePair,
+    postgres: Option<&ServicePair>,
+    raw: &RawHealthServer,
+) -> anyhow::Result<Vec<Case>> {
+    let client = pair.seed(ids).await?;
+    let health = HealthClient::new(channel(raw.addr)?);
+
+    let mut cases = vec![
+        Case {
+            label: "raw tonic Health/Check",
+            scenario: None,
+            call: call(move |_| check_health(health.clone())),
+        },
+        Case {
+            label: "GetUser via UserClient",
+            scenario: None,
+            call: get_users(client, ids),
+        },
+        Case {
+            label: "GetUser via UserClient, read cache off",
+            scenario: Some("grpc.getuser.nocache"),
+            call: get_users(pair.uncached_client()?, ids),
+        },
+    ];
+    if let Some(postgres) = postgres {
+        let cached = postgres.seed(ids).await?;
+        cases.push(Case {
+            label: "GetUser via UserClient, PostgreSQL",
+            scenario: Some("grpc.getuser.postgres"),
+            call: get_users(cached, ids),
+        });
+        cases.push(Case {
+            label: "GetUser via UserClient, PostgreSQL, read cache off",
+            scenario: Some("grpc.getuser.postgres.nocache"),
+            call: get_users(postgres.uncached_client()?, ids),
+        });
+    }
+    // The same call through the bare generated client: the client
+    // library's own cost is the difference to `ours`.
+    let grpc = UserServiceClient::new(channel(pair.cached.grpc_addr)?);
+    let plain_ids = ids.clone();
+    cases.push(Case {
+        label: "GetUser via generated client",
+        scenario: None,
+        call: call(move |n| {
+            let mut grpc = grpc.clone();
+            let id = plain_ids[n as usize % plain_ids.len()].clone();
+            async move {
+                grpc.get_user(GetUserRequest { user_id: id })
+                    .await
+                    .map(|_| ())
+                    .map_err(anyhow::Error::from)
+            }
+        }),
+    });
+    // Health/Check on user-service itself: the raw call plus our call layer
+    // (trace context, deadline, metrics), without the database.
+    let layered = HealthClient::new(channel(pair.cached.grpc_addr)?);
+    cases.push(Case {
+        label: "Health/Check on user-service",
+        scenario: None,
+        call: call(move |_| check_health(layered.clone())),
+    });
+    Ok(cases)
+}
+
 async fn compare(
     args: &Args,
-    service: &UserServiceUnderTest,
-    uncached: &UserServiceUnderTest,
+    pair: &ServicePair,
+    postgres: Option<&ServicePair>,
     raw: &RawHealthServer,
 ) -> anyhow::Result<()> {
-    let client = UserClient::connect_lazy(client_config(service))?;
     let ids: Arc<Vec<String>> = Arc::new((0..args.users).map(|n| format!("u-{n:05}")).collect());
-    for id in ids.iter() {
-        client
-            .create_user(CreateUserRequest {
-                user_id: id.clone(),
-                name: format!("User {id}"),
-                age: 30,
-                email: format!("{id}@example.com"),
-            })
-            .await
-            .with_context(|| format!("cannot seed user {id}"))?;
-    }
-    let health = HealthClient::new(channel(raw.addr)?);
+    let cases = cases(&ids, pair, postgres, raw).await?;
 
     let mut rows = vec![vec![
         "call".to_string(),
@@ -165,122 +254,221 @@ async fn compare(
         "p50 µs".into(),
         "p99 µs".into(),
     ]];
-    let mut results = Vec::new();
-    let raw_call = move |_: u32| check_health(health.clone());
-    let our_call = {
-        let (client, ids) = (client.clone(), ids.clone());
-        move |n: u32| get_nth_user(client.clone(), ids.clone(), n)
-    };
-    let uncached_call = {
-        let client = UserClient::connect_lazy(ClientConfig {
-            url: format!("http://{}", uncached.grpc_addr),
-            ..client_config(service)
-        })?;
-        let ids = ids.clone();
-        move |n: u32| get_nth_user(client.clone(), ids.clone(), n)
-    };
-    // The same call through the bare generated client: the client
-    // library's own cost is the difference to `ours`.
-    let plain_call = {
-        let grpc = UserServiceClient::new(channel(service.grpc_addr)?);
-        let ids = ids.clone();
-        move |n: u32| {
-            let mut grpc = grpc.clone();
-            let ids = ids.clone();
-            async move {
-                let id = ids[n as usize % ids.len()].clone();
-                grpc.get_user(GetUserRequest { user_id: id })
-                    .await
-                    .map(|_| ())
-                    .map_err(anyhow::Error::from)
+    // Per concurrency, per case, its rounds.
+    let mut measured: Vec<(u32, Vec<Vec<Measured>>)> = Vec::new();
+    for &concurrency in &args.concurrency {
+        // Each round runs every case in turn, so a change in the machine's
+        // load touches all of them; each figure is the median round.
+        let mut rounds: Vec<Vec<Measured>> = vec![Vec::new(); cases.len()];
+        for _ in 0..args.rounds.max(1) {
+            for (case, rounds) in cases.iter().zip(&mut rounds) {
+                rounds.push(load(args, concurrency, case.call.clone()).await?);
             }
         }
-    };
-    // Health/Check on user-service itself: the raw call plus our call layer
-    // (trace context, deadline, metrics), without the database.
-    let layered_call = {
-        let health = HealthClient::new(channel(service.grpc_addr)?);
-        move |_: u32| check_health(health.clone())
-    };
-    for &concurrency in &args.concurrency {
-        // Rounds alternate the three calls, so a change in the machine's
-        // load touches all of them; each figure is the median round.
-        let (mut raws, mut ourss, mut uncacheds, mut plains, mut layereds) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..args.rounds.max(1) {
-            raws.push(load(args, concurrency, raw_call.clone()).await?);
-            ourss.push(load(args, concurrency, our_call.clone()).await?);
-            uncacheds.push(load(args, concurrency, uncached_call.clone()).await?);
-            plains.push(load(args, concurrency, plain_call.clone()).await?);
-            layereds.push(load(args, concurrency, layered_call.clone()).await?);
-        }
-        let (raw_measured, ours, uncached, plain, layered) = (
-            median_of(&raws),
-            median_of(&ourss),
-            median_of(&uncacheds),
-            median_of(&plains),
-            median_of(&layereds),
-        );
-        for (call, m) in [
-            ("raw tonic Health/Check", raw_measured),
-            ("GetUser via UserClient", ours),
-            ("GetUser via UserClient, read cache off", uncached),
-            ("GetUser via generated client", plain),
-            ("Health/Check on user-service", layered),
-        ] {
+        for (case, rounds) in cases.iter().zip(&rounds) {
             rows.push(vec![
-                call.to_string(),
+                case.label.to_string(),
                 concurrency.to_string(),
-                format!("{:.0}", m.requests_per_s),
-                m.p50_us.to_string(),
-                m.p99_us.to_string(),
+                format!("{:.0}", median(rounds.iter().map(|m| m.requests_per_s))),
+                median_us(rounds, |m| m.p50_us).to_string(),
+                median_us(rounds, |m| m.p99_us).to_string(),
             ]);
         }
-        results.push((concurrency, ours, raw_measured));
+        measured.push((concurrency, rounds));
     }
 
     println!(
-        "gRPC request-reply: median of {} rounds of {} timed calls per case over one HTTP/2 channel, database {}",
+        "gRPC request-reply: median of {} rounds of {} timed calls per case over one HTTP/2 channel, database {}{}",
         args.rounds,
         args.requests,
-        SecretUrl::new(service.database_url.clone())
+        SecretUrl::new(pair.cached.database_url.clone()),
+        match postgres {
+            Some(postgres) => format!(
+                "; PostgreSQL cases on {}",
+                SecretUrl::new(postgres.cached.database_url.clone())
+            ),
+            None => String::new(),
+        }
     );
     print!("{}", table(&rows));
-    if let Some((concurrency, ours, raw)) = results.last() {
-        println!(
-            "at concurrency {concurrency}: GetUser p99 is {}x the raw p99 (target: at most 2x)",
-            number(ours.p99_us as f64 / raw.p99_us.max(1) as f64)
-        );
-    }
+    let Some(highest) = measured.iter().max_by_key(|(concurrency, _)| *concurrency) else {
+        return Ok(());
+    };
+    let (concurrency, rounds) = highest;
+    let p99 = |case: usize| median_us(&rounds[case], |m| m.p99_us) as f64;
+    println!(
+        "at concurrency {concurrency}: GetUser p99 is {}x the raw p99 (target: at most 2x)",
+        number(p99(OURS) / p99(RAW).max(1.0))
+    );
 
-    let mut lines = Vec::new();
-    for (concurrency, ours, raw) in &results {
-        lines.push(Figure::new(
+    let mut figures = Vec::new();
+    for (concurrency, rounds) in &measured {
+        figures.push(Figure::from_rounds(
             format!("grpc.getuser.c{concurrency}.p99"),
-            ours.p99_us as f64,
             "us",
-            raw.p99_us as f64,
+            &rounds[OURS]
+                .iter()
+                .map(|m| m.p99_us as f64)
+                .collect::<Vec<_>>(),
+            &rounds[RAW]
+                .iter()
+                .map(|m| m.p99_us as f64)
+                .collect::<Vec<_>>(),
         ));
+    }
+    for (case, case_rounds) in cases.iter().zip(rounds) {
+        if let Some(scenario) = case.scenario {
+            figures.push(requests_per_s(scenario, case_rounds, &rounds[RAW]));
+        }
     }
     // Throughput lines last, the highest concurrency at the very end.
-    for (concurrency, ours, raw) in &results {
-        lines.push(Figure::new(
-            format!("grpc.getuser.c{concurrency}"),
-            ours.requests_per_s,
-            "req/s",
-            raw.requests_per_s,
+    let mut by_concurrency: Vec<&(u32, Vec<Vec<Measured>>)> = measured.iter().collect();
+    by_concurrency.sort_by_key(|(concurrency, _)| *concurrency);
+    for (concurrency, rounds) in by_concurrency {
+        figures.push(requests_per_s(
+            &format!("grpc.getuser.c{concurrency}"),
+            &rounds[OURS],
+            &rounds[RAW],
         ));
     }
-    for line in lines {
-        println!("{}", line.result_line());
+    for figure in figures {
+        println!("{}", figure.report_lines());
     }
     Ok(())
 }
 
-/// How task-worker configures its client, aimed at `service`.
-fn client_config(service: &UserServiceUnderTest) -> ClientConfig {
+/// Requests/s over rounds, beside raw's in the same rounds.
+fn requests_per_s(scenario: &str, ours: &[Measured], raw: &[Measured]) -> Figure {
+    let per_round =
+        |rounds: &[Measured]| rounds.iter().map(|m| m.requests_per_s).collect::<Vec<_>>();
+    Figure::from_rounds(scenario, "req/s", &per_round(ours), &per_round(raw))
+}
+
+/// The median round of a latency percentile.
+fn median_us(rounds: &[Measured], percentile: impl Fn(&Measured) -> u64) -> u64 {
+    median(rounds.iter().map(percentile))
+}
+
+/// `GetUser` of `ids[n % len]` through `client`.
+fn get_users(client: UserClient, ids: &Arc<Vec<String>>) -> Call {
+    let ids = ids.clone();
+    call(move |n| get_nth_user(client.clone(), ids.clone(), n))
+}
+
+/// Two instances of user-service on one database: the default read cache,
+/// and the cache off (every `GetUser` reads the database).
+struct ServicePair {
+    cached: UserServiceUnderTest,
+    uncached: UserServiceUnderTest,
+}
+
+impl ServicePair {
+    async fn start(args: &Args, database_url: &str, queue: &str) -> anyhow::Result<Self> {
+        let cached = UserServiceUnderTest::start(
+            database_url,
+            args.db_max_connections,
+            &args.amqp_url,
+            queue,
+            true,
+        )
+        .await?;
+        let uncached = UserServiceUnderTest::start(
+            database_url,
+            args.db_max_connections,
+            &args.amqp_url,
+            queue,
+            false,
+        )
+        .await?;
+        Ok(ServicePair { cached, uncached })
+    }
+
+    /// Creates the users `ids` (through the cached instance); its client.
+    async fn seed(&self, ids: &[String]) -> anyhow::Result<UserClient> {
+        let client = UserClient::connect_lazy(client_config(self.cached.grpc_addr))?;
+        for id in ids {
+            client
+                .create_user(CreateUserRequest {
+                    user_id: id.clone(),
+                    name: format!("User {id}"),
+                    age: 30,
+                    email: format!("{id}@example.com"),
+                })
+                .await
+                .with_context(|| format!("cannot seed user {id}"))?;
+        }
+        Ok(client)
+    }
+
+    fn uncached_client(&self) -> anyhow::Result<UserClient> {
+        Ok(UserClient::connect_lazy(client_config(
+            self.uncached.grpc_addr,
+        ))?)
+    }
+
+    async fn stop(self) {
+        self.uncached.stop().await;
+        self.cached.stop().await;
+    }
+}
+
+/// A PostgreSQL database of the benchmark's own, dropped afterwards.
+struct ScratchPostgres {
+    /// The server's URL the database was created through.
+    admin_url: String,
+    name: String,
+    /// The new database's URL.
+    url: String,
+}
+
+impl ScratchPostgres {
+    async fn create(admin_url: &str) -> anyhow::Result<Self> {
+        let name = format!("bench_grpc_{}", uuid::Uuid::new_v4().simple());
+        let base = admin_url
+            .rsplit_once('/')
+            .map_or(admin_url, |(base, _)| base);
+        let mut admin = sqlx::PgConnection::connect(admin_url)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot reach PostgreSQL at {} (--postgres-url; --no-postgres leaves its cases out)",
+                    SecretUrl::new(admin_url)
+                )
+            })?;
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut admin)
+            .await
+            .with_context(|| format!("cannot create the database {name}"))?;
+        let _ = admin.close().await;
+        Ok(ScratchPostgres {
+            admin_url: admin_url.to_string(),
+            url: format!("{base}/{name}"),
+            name,
+        })
+    }
+
+    async fn drop_database(self) {
+        let dropped = async {
+            let mut admin = sqlx::PgConnection::connect(&self.admin_url).await?;
+            sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut admin)
+            .await?;
+            admin.close().await
+        }
+        .await;
+        if let Err(error) = dropped {
+            eprintln!("cannot drop the database {}: {error}", self.name);
+        }
+    }
+}
+
+/// How task-worker configures its client, aimed at `grpc_addr`.
+fn client_config(grpc_addr: SocketAddr) -> ClientConfig {
     ClientConfig {
-        url: format!("http://{}", service.grpc_addr),
+        url: format!("http://{grpc_addr}"),
         timeout: Duration::from_secs(5),
         retry: RetryPolicy::rpc(),
         breaker: BreakerConfig::default(),
@@ -307,11 +495,7 @@ async fn get_nth_user(client: UserClient, ids: Arc<Vec<String>>, n: u32) -> anyh
 
 /// Runs `warmup` then `requests` calls of `call(n)` with `concurrency`
 /// workers; returns throughput and latency percentiles of the timed part.
-async fn load<F, Fut>(args: &Args, concurrency: u32, call: F) -> anyhow::Result<Measured>
-where
-    F: Fn(u32) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
-{
+async fn load(args: &Args, concurrency: u32, call: Call) -> anyhow::Result<Measured> {
     run_workers(args.warmup, concurrency, call.clone()).await?;
     let started = Instant::now();
     let histogram = run_workers(args.requests, concurrency, call).await?;
@@ -325,15 +509,7 @@ where
 
 /// `total` calls shared by `concurrency` tasks, each recording its
 /// latencies (µs); the merged histogram.
-async fn run_workers<F, Fut>(
-    total: u32,
-    concurrency: u32,
-    call: F,
-) -> anyhow::Result<Histogram<u64>>
-where
-    F: Fn(u32) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
-{
+async fn run_workers(total: u32, concurrency: u32, call: Call) -> anyhow::Result<Histogram<u64>> {
     let concurrency = concurrency.max(1);
     let next = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let mut workers: Vec<JoinHandle<anyhow::Result<Histogram<u64>>>> = Vec::new();

@@ -13,7 +13,9 @@
 //! - [`domain`]: users and validation; [`error`]: the one error-to-status map.
 //! - [`directory`]: the operations both protocols share; [`read_cache`]:
 //!   `GetUser`'s cache; [`change_feed`]: other replicas' changes, heard.
-//! - [`store`]: sqlx storage and migrations; [`outbox`]: the event relay;
+//! - [`store`]: sqlx storage and migrations (on SQLite `GetUser` reads
+//!   through read-only connections of its own, `sqlite_reads`);
+//!   [`outbox`]: the event relay;
 //!   [`events`]: the `data_sync` message format.
 //! - [`grpc`]: the tonic service; [`call_layer`]: tracing, deadlines and
 //!   metrics around every call; [`http`]: the JSON gateway; [`openapi`]: its
@@ -35,6 +37,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod outbox;
 pub mod read_cache;
+mod sqlite_reads;
 pub mod store;
 pub mod tls;
 pub mod tls_listener;

@@ -1,20 +1,24 @@
 //! Storage: users and the event outbox in SQLite or PostgreSQL, through sqlx.
 //!
 //! One code path serves both databases: an [`AnyPool`] with `$n`
-//! placeholders (SQLite understands them too). The schema differs only in
+//! placeholders (SQLite understands them too), except SQLite's `get`
+//! (below). The schema differs only in
 //! details (auto-increment, collation), so each backend has its own
 //! migrations directory, embedded at build time and run at start.
 //!
 //! - `sqlite://path/to/users.db`: the file and its directory are created
-//!   when missing (`mode=rwc` is added unless the URL sets a mode). The pool
-//!   keeps sqlx's SQLite defaults: WAL journal, 5 s busy timeout.
+//!   when missing (`mode=rwc` is added unless the URL sets a mode). The file
+//!   is put in WAL mode; the pool's connections commit with `synchronous =
+//!   FULL` (a commit that returned survives a power cut) and wait up to 5 s
+//!   (sqlx's busy timeout) for a lock. `get`, the hot read, goes around the
+//!   pool through read-only connections of its own (`sqlite_reads.rs`).
 //! - `postgres://user@host:5432/db` (or `postgresql://`).
 //!
 //! Every write changes the user and appends its `data_sync` event to the
 //! `outbox` table in one transaction, so an event exists exactly when its
 //! change was committed.
 
-use std::{path::Path, time::Duration};
+use std::{path::Path, str::FromStr as _, sync::Arc, time::Duration};
 
 use common::config::SecretUrl;
 use sqlx::{
@@ -22,16 +26,23 @@ use sqlx::{
     any::{AnyPoolOptions, AnyRow},
     migrate::Migrator,
     postgres::PgListener,
+    sqlite::SqliteConnectOptions,
 };
 
 use crate::{
     domain::{PageRequest, User, UserFields},
     error::UserError,
     events::DataSyncEvent,
+    sqlite_reads::SqliteReaders,
 };
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// How long a SQLite read waits for another connection's lock before the
+/// database counts as unavailable: sqlx's SQLite default, which the writes
+/// keep.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 const USER_COLUMNS: &str = "id, name, age, email, created_at, updated_at";
 
@@ -85,6 +96,9 @@ pub enum StoreError {
     /// A migration failed.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The SQLite file cannot be opened for reading.
+    #[error("cannot open the database for reading: {0}")]
+    OpenReaders(#[source] rusqlite::Error),
 }
 
 /// Pool tuning.
@@ -143,6 +157,9 @@ impl RelayLease {
 pub struct UserStore {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite: `get`'s own read-only connections (see
+    /// [`crate::sqlite_reads`]).
+    readers: Option<Arc<SqliteReaders>>,
     /// For connections outside the pool (change notifications).
     url: SecretUrl,
 }
@@ -157,20 +174,53 @@ impl UserStore {
             Backend::Sqlite => prepare_sqlite_url(url.expose())?,
             Backend::Postgres => url.expose().to_string(),
         };
-        let pool = AnyPoolOptions::new()
+        let mut options = AnyPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
             // No ping before every query: it doubles the round trips (for
             // SQLite, the hand-offs to the connection's thread). A connection
             // that broke fails its query as UNAVAILABLE, is discarded, and the
             // client's retry gets a fresh one.
-            .test_before_acquire(false)
+            .test_before_acquire(false);
+        if backend == Backend::Sqlite {
+            // SQLite's default, made explicit because durability rests on
+            // it: in WAL mode FULL syncs the log at every commit, so a
+            // commit that returned survives a power cut (NORMAL would only
+            // sync at checkpoints, and the last commits could roll back).
+            options = options.after_connect(|connection, _| {
+                Box::pin(async move {
+                    sqlx::query("PRAGMA synchronous = FULL")
+                        .execute(connection)
+                        .await
+                        .map(drop)
+                })
+            });
+        }
+        let pool = options
             .connect(&connect_url)
             .await
             .map_err(StoreError::Connect)?;
+        let readers = match backend {
+            Backend::Sqlite => {
+                use_write_ahead_log(&pool).await?;
+                let file = SqliteConnectOptions::from_str(&connect_url)
+                    .map_err(StoreError::Connect)?
+                    .get_filename()
+                    .to_path_buf();
+                let readers = SqliteReaders::open(
+                    &file,
+                    settings.max_connections as usize,
+                    SQLITE_BUSY_TIMEOUT,
+                )
+                .map_err(StoreError::OpenReaders)?;
+                Some(Arc::new(readers))
+            }
+            Backend::Postgres => None,
+        };
         Ok(UserStore {
             pool,
             backend,
+            readers,
             url: url.clone(),
         })
     }
@@ -216,11 +266,17 @@ impl UserStore {
 
     /// Closes every connection; later queries fail as unavailable.
     pub async fn close(&self) {
+        if let Some(readers) = &self.readers {
+            readers.close();
+        }
         self.pool.close().await;
     }
 
     /// The user with this id, if any.
     pub async fn get(&self, id: &str) -> Result<Option<User>, UserError> {
+        if let Some(readers) = &self.readers {
+            return readers.get(id).await;
+        }
         let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
@@ -479,12 +535,33 @@ fn is_transient_code(backend: Backend, code: &str) -> bool {
         Backend::Postgres => {
             ["08", "53", "57", "40"].iter().any(|c| code.starts_with(c)) || code == "3D000"
         }
-        // Extended result codes; the primary code is the low byte:
-        // 5 BUSY, 6 LOCKED, 10 IOERR, 13 FULL, 14 CANTOPEN.
-        Backend::Sqlite => code
-            .parse::<i32>()
-            .is_ok_and(|code| matches!(code & 0xff, 5 | 6 | 10 | 13 | 14)),
+        Backend::Sqlite => code.parse::<i32>().is_ok_and(is_transient_sqlite_code),
     }
+}
+
+/// SQLite extended result codes that mean "the database cannot serve now";
+/// the primary code is the low byte: 5 BUSY, 6 LOCKED, 10 IOERR, 13 FULL,
+/// 14 CANTOPEN.
+pub(crate) fn is_transient_sqlite_code(code: i32) -> bool {
+    matches!(code & 0xff, 5 | 6 | 10 | 13 | 14)
+}
+
+/// Puts the SQLite file in WAL mode (kept in the file; a no-op once set).
+/// Readers then never wait for the writer nor it for them, and `get`'s own
+/// connections see every commit that returned before their read began.
+/// Commits stay as durable as before: the pool's connections keep
+/// `synchronous = FULL`, so each commit is synced to the WAL before it
+/// returns.
+async fn use_write_ahead_log(pool: &AnyPool) -> Result<(), StoreError> {
+    let journal: String = sqlx::query_scalar("PRAGMA journal_mode = WAL")
+        .fetch_one(pool)
+        .await
+        .map_err(StoreError::Connect)?;
+    if !journal.eq_ignore_ascii_case("wal") {
+        // Still correct (reads then wait out a commit's lock), only slower.
+        tracing::warn!(journal, "the SQLite file cannot use WAL mode here");
+    }
+    Ok(())
 }
 
 fn user_from_row(row: &AnyRow) -> Result<User, UserError> {
@@ -539,6 +616,7 @@ pub fn sqlite_path(url: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::EventKind;
 
     #[test]
     fn sqlite_urls_get_create_mode_unless_they_set_one() {
@@ -585,6 +663,141 @@ mod tests {
             Backend::Postgres
         );
         assert!(Backend::of(&"mysql://h/db".into()).is_err());
+    }
+
+    /// A migrated SQLite store in a temp directory.
+    async fn sqlite_store(settings: PoolSettings) -> (tempfile::TempDir, UserStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = SecretUrl::new(format!("sqlite://{}/users.db", dir.path().display()));
+        let store = UserStore::connect(&url, settings).await.unwrap();
+        store.migrate().await.unwrap();
+        (dir, store)
+    }
+
+    const SETTINGS: PoolSettings = PoolSettings {
+        max_connections: 4,
+        acquire_timeout: Duration::from_secs(3),
+    };
+
+    fn alice(name: &str) -> User {
+        User {
+            id: "u-1".into(),
+            name: name.into(),
+            age: 30,
+            email: String::new(),
+            created_at: 1,
+            updated_at: 1,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_is_in_wal_mode_and_commits_are_synced() {
+        let (_dir, store) = sqlite_store(SETTINGS).await;
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
+        // Every pooled connection commits with synchronous = FULL (2): a
+        // commit is on disk when it returns.
+        let mut connections = Vec::new();
+        for _ in 0..SETTINGS.max_connections {
+            connections.push(store.pool.acquire().await.unwrap());
+        }
+        for connection in &mut connections {
+            let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+                .fetch_one(&mut **connection)
+                .await
+                .unwrap();
+            assert_eq!(synchronous, 2);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_reads_see_each_write_once_it_returned() {
+        let (_dir, store) = sqlite_store(SETTINGS).await;
+        let user = alice("Alice");
+        store
+            .insert(
+                &user,
+                &DataSyncEvent::upserted(EventKind::UserCreated, &user),
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.get("u-1").await.unwrap(), Some(user));
+
+        for n in 0..30 {
+            let fields = UserFields::new(&format!("Alice {n}"), 30, "").unwrap();
+            store
+                .update(
+                    "u-1",
+                    &fields,
+                    2 + n,
+                    |user| DataSyncEvent::upserted(EventKind::UserUpdated, user),
+                    None,
+                )
+                .await
+                .unwrap();
+            let read = store.get("u-1").await.unwrap().unwrap();
+            assert_eq!((read.name, read.updated_at), (fields.name, 2 + n));
+        }
+        store
+            .delete("u-1", &DataSyncEvent::deleted("u-1", 99), None)
+            .await
+            .unwrap();
+        assert_eq!(store.get("u-1").await.unwrap(), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_reads_do_not_wait_for_the_write_pool() {
+        let (_dir, store) = sqlite_store(PoolSettings {
+            max_connections: 1,
+            acquire_timeout: Duration::from_millis(200),
+        })
+        .await;
+        let user = alice("Alice");
+        store
+            .insert(
+                &user,
+                &DataSyncEvent::upserted(EventKind::UserCreated, &user),
+                None,
+            )
+            .await
+            .unwrap();
+        // The only pooled connection is busy (a long write, say): a read
+        // through the pool would time out.
+        let held = store.pool.acquire().await.unwrap();
+
+        assert_eq!(store.get("u-1").await.unwrap(), Some(user));
+        drop(held);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closed_sqlite_store_is_unavailable() {
+        let (_dir, store) = sqlite_store(SETTINGS).await;
+        store.close().await;
+
+        let error = store.get("u-1").await.unwrap_err();
+
+        assert!(matches!(error, UserError::Unavailable(_)), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_read_only_sqlite_file_is_a_connect_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = SecretUrl::new(format!(
+            "sqlite://{}/missing.db?mode=ro",
+            dir.path().display()
+        ));
+
+        let error = UserStore::connect(&url, SETTINGS).await.unwrap_err();
+
+        assert!(
+            matches!(&error, StoreError::Connect(_))
+                && error.to_string().contains("unable to open"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod openapi;
 mod pki;
 mod postgres_tls;
 mod read_cache;
+mod reads;
 mod reflection;
 mod tls;
 mod trace;
