@@ -3,7 +3,8 @@
 //! `cargo test --workspace` builds every binary before it runs any test, so
 //! they sit next to the test executable's `deps/` folder. A [`Service`] is
 //! stopped with SIGTERM (the graceful path the services implement) when it
-//! is dropped, and killed if it does not exit within a few seconds.
+//! is dropped, and killed if it does not exit within a few seconds. Its
+//! resident memory is read from `/proc` ([`Service::rss_bytes`]).
 
 use std::{
     fs::File,
@@ -111,6 +112,17 @@ impl Service {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Resident memory now (`VmRSS` of `/proc/<pid>/status`), in bytes.
+    pub fn rss_bytes(&self) -> anyhow::Result<u64> {
+        proc_status_bytes(self.child.id(), "VmRSS:")
+    }
+
+    /// The highest resident memory since the process started (`VmHWM`), in
+    /// bytes.
+    pub fn peak_rss_bytes(&self) -> anyhow::Result<u64> {
+        proc_status_bytes(self.child.id(), "VmHWM:")
+    }
+
     /// SIGKILL: a crash, nothing drained.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -132,6 +144,20 @@ impl Service {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One `<field> <n> kB` line of `/proc/<pid>/status`, in bytes (Linux only).
+fn proc_status_bytes(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("cannot read {path}"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .with_context(|| format!("no {field} in {path}"))?
+        .trim()
+        .parse()?;
+    Ok(kib * 1024)
 }
 
 impl Drop for Service {
