@@ -4,8 +4,11 @@
 //! Run release builds: `cargo run --release -p bench -- <scenario>`.
 
 mod codec;
+mod e2e;
 mod grpc;
+mod memory;
 mod pubsub;
+mod scale;
 mod workqueue;
 
 use clap::{Parser, Subcommand};
@@ -27,6 +30,12 @@ enum Scenario {
     Pubsub(pubsub::Args),
     /// gRPC request-reply: user-service GetUser vs a raw tonic Health/Check, at concurrency 1 and 32.
     Grpc(grpc::Args),
+    /// End-to-end alert latency, services as processes: reading -> notification vs the raw hops' sum.
+    E2e(e2e::Args),
+    /// Resident memory of every service binary, idle and under load, against the 30 MiB idle goal.
+    Memory(memory::Args),
+    /// Throughput with 1..8 instances against the ideal line: work queue, fan-out, alert group.
+    Scale(scale::Args),
 }
 
 #[tokio::main]
@@ -36,5 +45,8 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Workqueue(args) => workqueue::run(args).await,
         Scenario::Pubsub(args) => pubsub::run(args).await,
         Scenario::Grpc(args) => grpc::run(args).await,
+        Scenario::E2e(args) => e2e::run(args).await,
+        Scenario::Memory(args) => memory::run(args).await,
+        Scenario::Scale(args) => scale::run(args).await,
     }
 }

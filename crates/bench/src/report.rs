@@ -177,7 +177,8 @@ mod tests {
 
     #[test]
     fn rounds_give_medians_and_the_spread_of_their_ratios() {
-        let figure = Figure::from_rounds("x", "msg/s", &[90.0, 100.0, 80.0], &[100.0, 100.0, 100.0]);
+        let figure =
+            Figure::from_rounds("x", "msg/s", &[90.0, 100.0, 80.0], &[100.0, 100.0, 100.0]);
         assert_eq!(figure.value, 90.0);
         assert_eq!(figure.baseline, 100.0);
         assert_eq!(figure.spread(), Some((0.8, 1.0)));

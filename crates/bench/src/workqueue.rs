@@ -29,7 +29,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use bench::report::{Figure, median, number, table};
+use bench::report::{Figure, number, table};
 use common::{
     codec::{Codec, ContentType},
     config::SecretUrl,

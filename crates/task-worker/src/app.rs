@@ -25,6 +25,7 @@ use crate::{
     events::TaskEvent,
     finished::FinishedTasks,
     handler::{Handlers, SleepHandler, TaskHandler},
+    hash::HashHandler,
     metrics,
     processing::{TaskContext, TaskMetrics},
     session::{self, Shared},
@@ -59,8 +60,9 @@ pub struct Application {
 
 impl Application {
     /// Binds the ops endpoint (port 0 picks one) and registers the built-in
-    /// handlers: `sleep`, and `notify` with a user-service client (connected
-    /// lazily: a user-service that is down does not stop the worker).
+    /// handlers: `sleep`, `hash`, and `notify` with a user-service client
+    /// (connected lazily: a user-service that is down does not stop the
+    /// worker).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         common::metrics::describe(metrics::ALL);
         refuse_mismatched_queues(
@@ -84,6 +86,7 @@ impl Application {
                 max: config.max_sleep,
             }),
         );
+        handlers.insert(HashHandler::KIND, Arc::new(HashHandler));
         let breaker = crate::notify::register(&config, &contacts, &mut handlers)?;
 
         let readiness = Readiness::new(&["rabbitmq"]);

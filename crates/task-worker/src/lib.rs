@@ -26,8 +26,8 @@
 //! reconnect), [`metrics`] (metric names), `session` (one connection and its
 //! consumers), `consumer` and `data_sync` (the consumers), `processing`
 //! (one task from bytes to ack), [`routing`] (retry tiers and the DLQ),
-//! [`handler`] and [`notify`] (what a task does), [`events`] (outcomes for
-//! embedders and tests).
+//! [`handler`], [`hash`] and [`notify`] (what a task does), [`events`]
+//! (outcomes for embedders and tests).
 
 pub mod app;
 pub mod config;
@@ -35,6 +35,7 @@ pub mod contacts;
 pub mod events;
 pub mod finished;
 pub mod handler;
+pub mod hash;
 pub mod metrics;
 pub mod notify;
 pub mod routing;

@@ -19,6 +19,8 @@ use common::{
 pub const KIND_NOTIFY: &str = "notify";
 /// Kind of the simulated-work task: sleep `{"ms": N}` milliseconds.
 pub const KIND_SLEEP: &str = "sleep";
+/// Kind of the simulated CPU-bound task: SHA-256 chained `{"rounds": N}` times.
+pub const KIND_HASH: &str = "hash";
 
 /// One unit of work for the worker pool.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,6 +5,7 @@
 mod cluster;
 mod data_sync;
 mod dispatch;
+mod hash;
 mod helpers;
 mod idempotency;
 mod interop;
