@@ -14,7 +14,7 @@
 //!   counted as published only once its PubAck arrived, and a timed-out or
 //!   failed publish is sent again with the same id, with backoff (a resend
 //!   of one message, not a reconnect: the NATS client reconnects on its own).
-//!   The PubAcks are settled by the publishing task itself ([`pubacks`]):
+//!   The PubAcks are settled by the publishing task itself (the `pubacks` module):
 //!   when the window is full, and in [`ReadingPublisher::settle_while`]
 //!   while it waits for the next reading.
 //!
